@@ -1,0 +1,109 @@
+"""Clocks: a deadline clock that never jumps, and the wall clock, behind one seam.
+
+Deadlines (when is this token critical?) run on ``CLOCK_BOOTTIME`` where the platform has it,
+because it neither jumps with NTP or DST steps nor stops while the machine is suspended; else
+on ``time.monotonic``. The wall clock is only used to read a token's ``iat``/``exp`` at receipt.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Clock", "FakeClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """What the client needs from a clock. ``deadline`` and ``wall`` are plain callables."""
+
+    #: Seconds on a clock that never goes back and never jumps (for deadlines).
+    deadline: Callable[[], float]
+    #: Seconds since the epoch (for comparing with ``iat`` and ``exp``).
+    wall: Callable[[], float]
+    #: True for clocks that only move when a test moves them: the client then runs no timer
+    #: thread and instead asks the clock to call it back when time moves.
+    manual: bool
+
+    def on_advance(self, callback: Callable[[], None]) -> None:
+        """Register ``callback`` to run whenever a manual clock moves (no-op otherwise)."""
+
+
+def _deadline_source() -> Callable[[], float]:
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        try:
+            time.clock_gettime(boottime)
+        except OSError:  # pragma: no cover - exotic kernels
+            return time.monotonic
+        return functools.partial(time.clock_gettime, boottime)
+    return time.monotonic  # pragma: no cover - non-Linux
+
+
+class SystemClock:
+    """The real clocks. ``deadline`` is ``CLOCK_BOOTTIME`` where available."""
+
+    manual = False
+
+    def __init__(self) -> None:
+        # Bound builtins, not methods: the hot path calls ``deadline`` on every read.
+        self.deadline: Callable[[], float] = _deadline_source()
+        self.wall: Callable[[], float] = time.time
+
+    def on_advance(self, callback: Callable[[], None]) -> None:
+        """Real time moves by itself; nothing to register."""
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class FakeClock:
+    """A clock for tests: it moves only when told to, and never sleeps.
+
+    ``advance(s)`` moves both clocks and runs the client's due timers in the calling thread;
+    ``step_wall(s)`` moves only the wall clock (an NTP step, a VM resume).
+    """
+
+    manual = True
+
+    def __init__(self, wall: float = 1_700_000_000.0, deadline: float = 1_000.0) -> None:
+        self._wall = float(wall)
+        self._deadline = float(deadline)
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self.deadline: Callable[[], float] = self._read_deadline
+        self.wall: Callable[[], float] = self._read_wall
+
+    def _read_deadline(self) -> float:
+        return self._deadline
+
+    def _read_wall(self) -> float:
+        return self._wall
+
+    def on_advance(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward and run whatever timers fall due."""
+        if seconds < 0:
+            raise ValueError("a FakeClock only moves forward; use step_wall for wall steps")
+        with self._lock:
+            self._deadline += seconds
+            self._wall += seconds
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+
+    def set_wall(self, wall: float) -> None:
+        """Set the wall clock, leaving the deadline clock where it is."""
+        self._wall = float(wall)
+
+    def step_wall(self, seconds: float) -> None:
+        """Step the wall clock by ``seconds`` (either way), leaving the deadline clock alone."""
+        self._wall += seconds
+
+    def __repr__(self) -> str:
+        return f"FakeClock(wall={self._wall!r}, deadline={self._deadline!r})"

@@ -1,0 +1,294 @@
+"""What a token is and how fresh it is: parsing, age at receipt, and the three zones.
+
+Nothing here does I/O or takes a lock. :func:`classify` is the one rule that decides whether a
+cached token is served (fresh), served while refreshed (stale), or not served (critical).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jwt
+
+from ._errors import InvalidTokenError
+
+__all__ = [
+    "Freshness",
+    "Token",
+    "classify",
+    "effective_margin",
+    "effective_threshold",
+    "fingerprint",
+    "remaining_at_receipt",
+]
+
+
+class Freshness(enum.Enum):
+    """The zone a cached token is in (SPEC section 1)."""
+
+    FRESH = "fresh"
+    STALE = "stale"
+    CRITICAL = "critical"
+
+
+def classify(remaining: float, threshold: float, margin: float) -> Freshness:
+    """Fresh if ``remaining >= threshold``; critical if ``remaining <= margin``; else stale.
+
+    ``threshold`` must already be the effective one (never below ``margin``): at the floor the
+    stale zone is empty.
+    """
+    if remaining >= threshold:
+        return Freshness.FRESH
+    if remaining <= margin:
+        return Freshness.CRITICAL
+    return Freshness.STALE
+
+
+def effective_margin(margin: float, lifetime: float) -> float:
+    """The synchronous margin for a token of ``lifetime`` seconds.
+
+    A token that lives no more than twice the margin would spend half its life critical, so
+    its margin is a quarter of its lifetime instead.
+    """
+    if lifetime <= 2 * margin:
+        return lifetime / 4
+    return margin
+
+
+def effective_threshold(threshold: float, lifetime: float, margin: float) -> float:
+    """The background-refresh threshold actually used for one token.
+
+    At least the token's lifetime is capped at half the lifetime (else every read would be
+    stale); below the floor (``margin``) it is raised to the floor.
+    """
+    if threshold >= lifetime:
+        threshold = lifetime / 2
+    return max(threshold, margin)
+
+
+def fingerprint(raw: str) -> str:
+    """A short, non-reversible name for a token, safe for logs."""
+    return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:10]
+
+
+def remaining_at_receipt(
+    *,
+    issued_at: float | None,
+    expires: float | None,
+    expires_in: float | None,
+    server_time: float | None,
+    wall_now: float,
+    started_wall_now: float,
+) -> tuple[float, float]:
+    """Return ``(remaining, lifetime)`` of a token just received (SPEC section 5).
+
+    ``started_wall_now`` is the wall clock as it stood when the client started, advanced by the
+    deadline clock: a wall-clock step after start-up cannot age or rejuvenate a token.
+    The issuer's ``Date`` (``server_time``, whole seconds) wins when given: the local wall clock
+    if it falls within that second, else the end of that second, so age is never undercounted.
+    """
+    if server_time is not None:
+        issuer_now = wall_now if server_time <= wall_now < server_time + 1 else server_time + 1
+    else:
+        issuer_now = min(wall_now, started_wall_now)
+
+    remaining: float | None = None
+    lifetime: float | None = None
+    if expires is not None:
+        if issued_at is not None and expires > issued_at:
+            lifetime = expires - issued_at
+            age = min(max(issuer_now - issued_at, 0.0), lifetime)
+            remaining = lifetime - age
+        else:
+            remaining = expires - issuer_now
+            lifetime = max(remaining, 0.0)
+    if expires_in is not None:
+        # An opaque token's expires_in counts from the response; a JWT's claims may be shorter.
+        if remaining is None or expires_in < remaining:
+            remaining = expires_in
+        lifetime = expires_in if lifetime is None else min(lifetime, expires_in)
+    if remaining is None or lifetime is None:
+        raise InvalidTokenError(
+            "the token has no numeric 'exp' claim and the source gave no expires_in; "
+            "return Token(raw, expires_in=SECONDS) from the source for opaque tokens"
+        )
+    return remaining, lifetime
+
+
+def _numeric_claim(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _decode_jwt(raw: str) -> dict[str, Any] | None:
+    if raw.count(".") != 2:
+        return None
+    try:
+        claims = jwt.decode(
+            raw,
+            options={
+                "verify_signature": False,
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
+        )
+    except jwt.PyJWTError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class Token:
+    """One token: ``raw`` and, once received by a client, ``expires_at`` and ``remaining()``.
+
+    Sources return ``Token(raw, expires_in=..., server_time=...)`` for opaque tokens or to pass
+    the issuer's clock (the response ``Date``); a plain JWT string works too. Immutable; the
+    ``repr`` shows a fingerprint, never the token.
+    """
+
+    __slots__ = (
+        "_claims",
+        "_clock",
+        "_deadline",
+        "_expires_at",
+        "_expires_in",
+        "_lifetime",
+        "_raw",
+        "_server_time",
+    )
+
+    def __init__(
+        self, raw: str, *, expires_in: float | None = None, server_time: float | None = None
+    ) -> None:
+        if not isinstance(raw, str) or not raw:
+            raise InvalidTokenError(
+                f"a token must be a non-empty string, got {type(raw).__name__}; "
+                "the source should return the raw token or a Token"
+            )
+        if expires_in is not None and (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, int | float)
+            or not math.isfinite(expires_in)
+        ):
+            raise InvalidTokenError("expires_in must be a finite number of seconds")
+        claims = _decode_jwt(raw)
+        if claims is None and expires_in is None:
+            raise InvalidTokenError(
+                "the token is not a parseable JWT and the source gave no expires_in; "
+                "return Token(raw, expires_in=SECONDS) for opaque tokens"
+            )
+        if claims is not None and expires_in is None and _numeric_claim(claims, "exp") is None:
+            raise InvalidTokenError(
+                "the JWT has no numeric 'exp' claim, so its expiry is unknown; "
+                "have the issuer set 'exp' or return Token(raw, expires_in=SECONDS)"
+            )
+        self._raw = raw
+        self._claims: Mapping[str, Any] = claims or {}
+        self._expires_in = None if expires_in is None else float(expires_in)
+        self._server_time = server_time
+        self._clock: Callable[[], float] | None = None
+        self._deadline = 0.0
+        self._lifetime = 0.0
+        self._expires_at = 0.0
+        if expires_in is None:
+            self._expires_at = _numeric_claim(self._claims, "exp") or 0.0
+
+    # -- public, read-only --------------------------------------------------------------
+
+    @property
+    def raw(self) -> str:
+        """The token string to send (``Authorization: Bearer <raw>``)."""
+        return self._raw
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        """The JWT's claims, decoded without verification (empty for opaque tokens)."""
+        return self._claims
+
+    @property
+    def issued_at(self) -> float | None:
+        """The JWT's ``iat`` in epoch seconds, if it has one."""
+        return _numeric_claim(self._claims, "iat")
+
+    @property
+    def expires_at(self) -> float:
+        """When the token expires, in epoch seconds: the client's best estimate at receipt."""
+        return self._expires_at
+
+    @property
+    def lifetime(self) -> float:
+        """``exp - iat`` (or ``expires_in``) as measured at receipt; 0 before receipt."""
+        return self._lifetime
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the token, safe to log."""
+        return fingerprint(self._raw)
+
+    def remaining(self) -> float:
+        """Seconds this token still lives, on the receiving client's deadline clock."""
+        if self._clock is None:
+            import time
+
+            return self._expires_at - time.time()
+        return self._deadline - self._clock()
+
+    # -- receipt ------------------------------------------------------------------------
+
+    def received(
+        self, *, deadline_now: float, deadline_clock: Callable[[], float], wall_now: float,
+        started_wall_now: float,
+    ) -> Token:
+        """Return a copy bound to a client's clock, with its age accounted for.
+
+        Raises :class:`InvalidTokenError` if it is already expired on arrival.
+        """
+        remaining, lifetime = remaining_at_receipt(
+            issued_at=_numeric_claim(self._claims, "iat"),
+            expires=_numeric_claim(self._claims, "exp"),
+            expires_in=self._expires_in,
+            server_time=self._server_time,
+            wall_now=wall_now,
+            started_wall_now=started_wall_now,
+        )
+        if remaining <= 0:
+            raise InvalidTokenError(
+                "the token was already expired when it arrived; check the issuer's clock "
+                "and the token lifetime it is configured with"
+            )
+        bound = object.__new__(Token)
+        bound._raw = self._raw
+        bound._claims = self._claims
+        bound._expires_in = self._expires_in
+        bound._server_time = self._server_time
+        bound._clock = deadline_clock
+        bound._deadline = deadline_now + remaining
+        bound._lifetime = lifetime
+        bound._expires_at = wall_now + remaining
+        return bound
+
+    @property
+    def deadline(self) -> float:
+        """When it expires on the receiving client's deadline clock (internal use)."""
+        return self._deadline
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Token) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        return f"<Token {self.fingerprint} expires_at={self._expires_at:.0f}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Token objects are not picklable: they hold a secret")
