@@ -36,15 +36,16 @@ class Freshness(enum.Enum):
 
 
 def classify(remaining: float, threshold: float, margin: float) -> Freshness:
-    """Fresh if ``remaining >= threshold``; critical if ``remaining <= margin``; else stale.
+    """Critical if ``remaining <= margin``; else fresh if ``remaining >= threshold``; else stale.
 
     ``threshold`` must already be the effective one (never below ``margin``): at the floor the
-    stale zone is empty.
+    stale zone is empty. Critical is tested first: at ``threshold == margin == remaining`` the
+    token is not served (a token in the critical zone never is).
     """
-    if remaining >= threshold:
-        return Freshness.FRESH
     if remaining <= margin:
         return Freshness.CRITICAL
+    if remaining >= threshold:
+        return Freshness.FRESH
     return Freshness.STALE
 
 

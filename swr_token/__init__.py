@@ -1,0 +1,40 @@
+"""swr_token: short-lived auth tokens for threaded Python, served stale-while-revalidate.
+
+A fresh token costs a dictionary read; a stale one is served at once while one background
+refresh runs; only a token about to die makes callers wait, and they share one request.
+"""
+
+from ._client import TokenClient
+from ._clock import Clock, SystemClock
+from ._errors import (
+    ClientClosedError,
+    ConfigurationError,
+    InvalidTokenError,
+    TokenError,
+    TokenFetchError,
+    TokenRejectedError,
+)
+from ._executor import DaemonThreadPoolExecutor
+from ._request import TokenRequest
+from ._retry import RetryPolicy
+from ._token import Freshness, Token, classify
+from ._version import __version__
+
+__all__ = [
+    "ClientClosedError",
+    "Clock",
+    "ConfigurationError",
+    "DaemonThreadPoolExecutor",
+    "Freshness",
+    "InvalidTokenError",
+    "RetryPolicy",
+    "SystemClock",
+    "Token",
+    "TokenClient",
+    "TokenError",
+    "TokenFetchError",
+    "TokenRejectedError",
+    "TokenRequest",
+    "__version__",
+    "classify",
+]

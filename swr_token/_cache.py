@@ -1,0 +1,251 @@
+"""The cache: per-key entries, published snapshots, and the ordered due times.
+
+Readers read ``entry.resolved`` (an immutable :class:`Published`) without a lock; a new
+snapshot is published by one attribute assignment under the lock, so a reader sees the old
+token or the new one, never half of each. Everything that mutates a container or an entry's
+refresh state holds ``Cache.lock``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._errors import TokenError
+from ._request import TokenRequest
+from ._token import Token, effective_margin, effective_threshold, fingerprint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Cache", "Entry", "Flight", "Key", "Published"]
+
+Key = tuple[str | None, str | None, str | None, str | None]
+
+# Due-record kinds in the heap.
+_STALE = 0  # the token enters the stale zone: refresh it if it was read since its fetch
+_EXPIRE = 1  # the token is dead (or the entry empty): evict the entry if nothing needs it
+
+
+class Published:
+    """An immutable snapshot of one cached token with the thresholds that apply to it."""
+
+    __slots__ = ("deadline", "fresh_from", "margin", "order", "raw", "received_at", "threshold",
+                 "token")
+
+    def __init__(self, token: Token, *, threshold: float, margin: float, received_at: float,
+                 order: tuple[float, int]) -> None:
+        self.token = token
+        self.raw = token.raw
+        self.deadline = token.deadline
+        self.threshold = threshold
+        self.margin = margin
+        # The hot path's one comparison, ``remaining >= fresh_from``, must agree with
+        # classify(): at the floor (threshold == margin) the margin itself is critical.
+        self.fresh_from = threshold if threshold > margin else math.nextafter(margin, math.inf)
+        self.received_at = received_at
+        self.order = order
+
+
+class Flight:
+    """One upstream fetch for a key, possibly several attempts; waiters share its future."""
+
+    __slots__ = ("attempt", "background", "entry", "future", "key", "own", "request", "seq",
+                 "started_at", "stop_at")
+
+    def __init__(self, entry: Entry, *, seq: int, background: bool, own: bool, now: float,
+                 stop_at: float | None) -> None:
+        self.entry = entry
+        self.key = entry.key
+        self.request = TokenRequest(*entry.key)
+        self.seq = seq
+        self.background = background
+        #: A ``skip_cache`` fetch: not the key's flight, and its failure touches nothing.
+        self.own = own
+        self.future: Future[Token] = Future()
+        self.attempt = 0
+        self.started_at = now
+        #: A background refresh gives up here (the critical deadline) unless a caller joins.
+        self.stop_at = stop_at
+
+    def join(self, now: float) -> None:
+        """A waiting caller joined: from now on the fetch has the caller's budget."""
+        if self.background and self.stop_at is not None:
+            self.stop_at = None
+            self.started_at = now
+            self.attempt = 0
+
+
+class Entry:
+    """Everything known about one key. Only ``resolved`` and ``last_read`` are touched
+    without the lock (one read and one plain store on the hit path)."""
+
+    __slots__ = ("backoff_epoch", "backoff_until", "dropped", "fail_error", "fail_until",
+                 "flight", "key", "last_read", "newest", "resolved", "streak")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.resolved: Published | None = None
+        self.last_read = float("-inf")
+        self.flight: Flight | None = None
+        self.backoff_until = float("-inf")
+        self.backoff_epoch = 0
+        self.streak = 0
+        self.fail_error: TokenError | None = None
+        self.fail_until = float("-inf")
+        #: Order of the newest token ever published or invalidated here: results must beat it.
+        self.newest: tuple[float, int] = (float("-inf"), -1)
+        #: Fingerprint of the last invalidated token, which must never come back.
+        self.dropped: str | None = None
+
+
+@dataclass
+class PublishResult:
+    published: Published | None
+    progress: bool
+
+
+class Cache:
+    """Entries by key, their lock, the ordered due times, and bounded size."""
+
+    def __init__(self, *, threshold: float, margin: float, max_entries: int,
+                 jitter: Callable[[float], float] | None = None,
+                 warn: Callable[[str, float], None] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[Key, Entry] = {}
+        self.threshold = threshold
+        self.margin = margin
+        self.max_entries = max_entries
+        self._due: list[tuple[float, int, int, Entry, Published | None]] = []
+        self._seq = itertools.count()
+        self._jitter = jitter or (lambda span: random.uniform(0.0, span))
+        self._warn = warn or (lambda kind, lifetime: None)
+
+    # -- thresholds ---------------------------------------------------------------------
+
+    def thresholds_for(self, lifetime: float,
+                       threshold: float | None = None) -> tuple[float, float]:
+        """Effective ``(threshold, margin)`` for a token of ``lifetime`` seconds."""
+        margin = effective_margin(self.margin, lifetime)
+        if margin != self.margin:
+            self._warn("margin", lifetime)
+        wanted = self.threshold if threshold is None else threshold
+        if wanted >= lifetime:
+            self._warn("threshold", lifetime)
+        return effective_threshold(wanted, lifetime, margin), margin
+
+    # -- entries (call with the lock held) ----------------------------------------------
+
+    def entry_for(self, key: Key, now: float) -> Entry:
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= self.max_entries:
+                self._evict_for_room(now)
+            entry = self.entries[key] = Entry(key)
+        return entry
+
+    def _evict_for_room(self, now: float) -> None:
+        """Make room: expired and empty entries first, then the least recently read.
+
+        Evicts a tenth of the cap at once so the O(n) scan is paid once per many inserts.
+        Entries with a fetch in flight are kept: their waiters still need them.
+        """
+        target = max(1, self.max_entries // 10)
+        idle = [e for e in self.entries.values() if e.flight is None]
+        dead = [e for e in idle if e.resolved is None or e.resolved.deadline <= now]
+        victims = dead[:target]
+        if len(victims) < target:
+            alive = [e for e in idle if e.resolved is not None and e.resolved.deadline > now]
+            victims += heapq.nsmallest(target - len(victims), alive, key=lambda e: e.last_read)
+        for entry in victims:
+            del self.entries[entry.key]
+
+    def publish(self, entry: Entry, token: Token, *, order: tuple[float, int],
+                now: float) -> PublishResult:
+        """Cache ``token`` if it is newer than anything the key has had and not critical.
+
+        Returns what was published (or ``None``) and whether the refresh made progress: a
+        token equal to the cached one, or already stale on arrival, is no progress.
+        """
+        current = entry.resolved
+        if current is not None and current.raw == token.raw:
+            return PublishResult(None, progress=False)
+        threshold, margin = self.thresholds_for(token.lifetime)
+        remaining = token.deadline - now
+        stale_on_arrival = remaining < threshold
+        if remaining <= margin or order <= entry.newest:
+            return PublishResult(None, progress=not stale_on_arrival)
+        if entry.dropped is not None and entry.dropped == fingerprint(token.raw):
+            return PublishResult(None, progress=False)
+        snap = Published(token, threshold=threshold, margin=margin, received_at=now, order=order)
+        entry.resolved = snap
+        entry.newest = order
+        if self.entries.get(entry.key) is not entry:
+            self.entries[entry.key] = entry
+        stale_at = snap.deadline - threshold
+        span = min(1.0, (threshold - margin) / 4)
+        self.push_due(stale_at + self._jitter(span) if span > 0 else stale_at, _STALE, entry,
+                      snap)
+        return PublishResult(snap, progress=not stale_on_arrival)
+
+    def drop(self, entry: Entry, now: float) -> Published | None:
+        """Forget the cached token (invalidated or rejected); it may never come back."""
+        snap = entry.resolved
+        if snap is None:
+            return None
+        entry.resolved = None
+        entry.dropped = fingerprint(snap.raw)
+        self.push_due(now, _EXPIRE, entry, None)
+        return snap
+
+    def push_due(self, when: float, kind: int, entry: Entry, snap: Published | None) -> None:
+        heapq.heappush(self._due, (when, next(self._seq), kind, entry, snap))
+
+    def pop_due(self, now: float) -> tuple[list[Entry], int]:
+        """Pop due records: return the entries to refresh, and how many were evicted.
+
+        Cost is proportional to the records that fall due, not to the number of keys.
+        """
+        refresh: list[Entry] = []
+        evicted = 0
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, kind, entry, snap = heapq.heappop(due)
+            if self.entries.get(entry.key) is not entry:
+                continue
+            if kind == _STALE:
+                if entry.resolved is not snap or snap is None:
+                    continue  # superseded by a newer token, which has its own record
+                if entry.last_read > snap.received_at:
+                    refresh.append(entry)
+                else:
+                    self.push_due(snap.deadline, _EXPIRE, entry, snap)
+            elif entry.resolved is snap or entry.resolved is None:
+                if entry.flight is None and (snap is None or snap.deadline <= now) \
+                        and entry.fail_until <= now:
+                    del self.entries[entry.key]
+                    evicted += 1
+                elif entry.resolved is snap:
+                    self.push_due(max(now, entry.fail_until) + 1.0, _EXPIRE, entry, snap)
+        return refresh, evicted
+
+    def next_due(self) -> float | None:
+        return self._due[0][0] if self._due else None
+
+    def due_count(self) -> int:
+        return len(self._due)
+
+    def clear(self) -> None:
+        self.entries = {}
+        self._due = []
+
+    def reset_after_fork(self) -> None:
+        self.lock = threading.Lock()
+        for entry in self.entries.values():
+            entry.flight = None

@@ -1,0 +1,381 @@
+"""``TokenClient``: the public front of the cache and the refresh machinery.
+
+The decision table of SPEC section 3 lives in :meth:`TokenClient._get`; the fresh-token case
+is inlined in :meth:`TokenClient.get_token` as a dictionary read, one clock read and one
+comparison, without a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import Executor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from types import TracebackType
+from typing import Any
+
+import cachetools
+
+from . import _fork
+from ._cache import Cache, Entry, Flight, Key
+from ._clock import Clock, SystemClock
+from ._errors import ClientClosedError, ConfigurationError, TokenFetchError
+from ._executor import DaemonThreadPoolExecutor
+from ._refresh import Counters, ErrorHook, Refresher, TokenHook, release
+from ._request import TokenRequest
+from ._retry import RetryPolicy, SourcePacer
+from ._timer import Timer
+from ._token import Freshness, Token, classify, effective_threshold
+
+__all__ = ["TokenClient"]
+
+_log = logging.getLogger("swr_token")
+
+Source = Callable[[TokenRequest], "str | Token"]
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)
+
+
+class TokenClient:
+    """Serves short-lived tokens from a stale-while-revalidate cache to many threads.
+
+    ``source(request) -> str | Token`` mints a token. Options (all keyword-only):
+
+    - ``poll_interval`` (5.0 s): how often the poller refreshes stale keys that are being read.
+    - ``background_refresh_threshold`` (15.0 s): a token with less left is stale: served at
+      once and refreshed in the background. Never below the margin; capped at half a token's
+      lifetime.
+    - ``margin`` (``poll_interval``): a token with this much or less left is critical: never
+      served; callers wait for a fetch. A quarter of the lifetime for tokens living no more
+      than twice the margin.
+    - ``fetch_timeout`` (10.0 s): a fetch that callers wait on gives up after this long.
+    - ``retry`` (:class:`RetryPolicy`): tenacity wait/stop/retry for transient failures.
+    - ``max_entries`` (10,000): cap on cached keys; expired ones go first, then the least
+      recently read.
+    - ``executor``: runs background refreshes (default: 4 daemon workers, closed with the
+      client; one you pass is not shut down). ``foreground_executor``: runs fetches that
+      callers wait on (default: a daemon thread each).
+    - ``clock``: :class:`SystemClock` by default; tests pass ``swr_token.testing.FakeClock``.
+    - ``on_token_update(request, token)`` / ``on_refresh_error(request, error)``: hooks run
+      outside every lock when a token is published / a fetch fails; exceptions are logged.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        poll_interval: float = 5.0,
+        background_refresh_threshold: float = 15.0,
+        margin: float | None = None,
+        fetch_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        max_entries: int = 10_000,
+        executor: Executor | None = None,
+        foreground_executor: Executor | None = None,
+        clock: Clock | None = None,
+        on_token_update: TokenHook | None = None,
+        on_refresh_error: ErrorHook | None = None,
+    ) -> None:
+        if not callable(source):
+            raise ConfigurationError(
+                f"source must be callable as source(request) -> str | Token, got "
+                f"{type(source).__name__}"
+            )
+        self._poll_interval = _seconds("poll_interval", poll_interval, allow_zero=False)
+        threshold = _seconds("background_refresh_threshold", background_refresh_threshold)
+        margin_s = self._poll_interval if margin is None else _seconds("margin", margin)
+        fetch_timeout_s = _seconds("fetch_timeout", fetch_timeout, allow_zero=False)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
+        self._clock: Clock = clock or SystemClock()
+        self._now = self._clock.deadline
+        self._warned: cachetools.LRUCache[tuple[str, float], bool] = cachetools.LRUCache(256)
+        self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries,
+                            warn=self._warn_once)
+        # The hot path reads this dict without the lock; close() swaps in an empty one.
+        self._entries: dict[Key, Entry] = self._cache.entries
+        self._owns_executor = executor is None
+        self._counters = Counters()
+        self._timer = Timer(self._clock)
+        self._refresher = Refresher(
+            self._cache,
+            source,
+            clock=self._clock,
+            timer=self._timer,
+            executor=executor or DaemonThreadPoolExecutor(),
+            foreground_executor=foreground_executor,
+            retry=retry or RetryPolicy(),
+            pacer=SourcePacer(),
+            fetch_timeout=fetch_timeout_s,
+            counters=self._counters,
+            on_token_update=on_token_update,
+            on_refresh_error=on_refresh_error,
+            started_wall=self._clock.wall(),
+            started_deadline=self._now(),
+        )
+        self._polling = False
+        self._closed = False
+        _fork.register(self)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get_token(
+        self,
+        session_id: str | None = None,
+        *,
+        template: str | None = None,
+        organization_id: str | None = None,
+        audience: str | None = None,
+        skip_cache: bool = False,
+        refresh_if_stale: bool = False,
+        background_refresh_threshold: float | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Return a usable token for the key, waiting only when no servable token exists.
+
+        Raises :class:`TokenRejectedError`, :class:`TokenFetchError` (also when ``timeout``
+        seconds pass), :class:`InvalidTokenError` or :class:`ClientClosedError`.
+        """
+        entry = self._entries.get((session_id, template, organization_id, audience))
+        if entry is not None and not skip_cache and not refresh_if_stale \
+                and background_refresh_threshold is None:
+            snap = entry.resolved
+            if snap is not None:
+                now = self._now()
+                if snap.deadline - now >= snap.fresh_from:
+                    entry.last_read = now
+                    self._counters.hits += 1
+                    return snap.raw
+        return self._get((session_id, template, organization_id, audience), skip_cache,
+                         refresh_if_stale, background_refresh_threshold, timeout).raw
+
+    def get_token_info(
+        self,
+        session_id: str | None = None,
+        *,
+        template: str | None = None,
+        organization_id: str | None = None,
+        audience: str | None = None,
+        skip_cache: bool = False,
+        refresh_if_stale: bool = False,
+        background_refresh_threshold: float | None = None,
+        timeout: float | None = None,
+    ) -> Token:
+        """Like :meth:`get_token`, returning the :class:`Token` (``raw``, ``expires_at``,
+        ``remaining()``)."""
+        return self._get((session_id, template, organization_id, audience), skip_cache,
+                         refresh_if_stale, background_refresh_threshold, timeout)
+
+    def _get(self, key: Key, skip_cache: bool, refresh_if_stale: bool,
+             threshold: float | None, timeout: float | None) -> Token:
+        if timeout is not None:
+            timeout = _seconds("timeout", timeout, allow_zero=False)
+        if threshold is not None:
+            threshold = _seconds("background_refresh_threshold", threshold)
+        if self._closed:
+            raise ClientClosedError("this TokenClient is closed; create a new one")
+        now = self._now()
+        self._ensure_polling()
+        if skip_cache:
+            with self._cache.lock:
+                self._check_open()
+                flight = self._refresher.start(self._cache.entry_for(key, now),
+                                               background=False, own=True)
+            self._refresher.dispatch(flight)
+            return self._wait(flight, timeout)
+
+        entry = self._entries.get(key)
+        snap = entry.resolved if entry is not None else None
+        if entry is not None and snap is not None:
+            limit = snap.threshold
+            if threshold is not None:
+                limit = effective_threshold(threshold, snap.token.lifetime, snap.margin)
+            zone = classify(snap.deadline - now, limit, snap.margin)
+            if zone is Freshness.FRESH or (zone is Freshness.STALE and not refresh_if_stale):
+                entry.last_read = now
+                if zone is Freshness.FRESH:
+                    self._counters.hits += 1
+                else:
+                    self._counters.stale_serves += 1
+                    self._refresh_in_background(entry, now)
+                return snap.token
+
+        # Critical, expired, nothing cached, or a stale token the caller wants refreshed.
+        with self._cache.lock:
+            self._check_open()
+            entry = self._cache.entry_for(key, now)
+            running = entry.flight
+            error = None
+            start = running is None
+            if running is not None:
+                flight = running
+                self._refresher.join(flight)
+            elif entry.fail_error is not None and now < entry.fail_until:
+                error = entry.fail_error
+            else:
+                flight = self._refresher.start(entry, background=False)
+        if error is not None:
+            raise error  # fail fast: the issuer just failed and nothing servable exists
+        if start:
+            self._refresher.dispatch(flight)
+        return self._wait(flight, timeout)
+
+    def _wait(self, flight: Flight, timeout: float | None) -> Token:
+        self._counters.waits += 1
+        try:
+            return flight.future.result(timeout)
+        except FuturesTimeout:
+            raise TokenFetchError(
+                f"timed out after {timeout:g} s waiting for a token for "
+                f"{flight.request.describe()}; the fetch goes on for other callers — "
+                "pass a larger timeout or try again"
+            ) from None
+
+    def _refresh_in_background(self, entry: Entry, now: float) -> None:
+        """Start one background refresh for a stale key unless one runs or it backs off."""
+        if entry.flight is not None:
+            return
+        pacer = self._refresher.pacer
+        if entry.backoff_until > now and entry.backoff_epoch == pacer.recoveries:
+            return
+        with self._cache.lock:
+            snap = entry.resolved
+            if (self._closed or entry.flight is not None or snap is None
+                    or self._entries.get(entry.key) is not entry):
+                return
+            flight = self._refresher.start(entry, background=True,
+                                           stop_at=snap.deadline - snap.margin)
+        self._refresher.dispatch(flight)
+
+    # -- poller ---------------------------------------------------------------------------
+
+    def _ensure_polling(self) -> None:
+        if self._polling:
+            return
+        with self._cache.lock:
+            if self._polling or self._closed:
+                return
+            self._polling = True
+        self._timer.call_at(self._now() + self._poll_interval, self._tick)
+
+    def _tick(self) -> None:
+        """One poller tick: refresh stale keys that are being read; evict dead ones."""
+        now = self._now()
+        with self._cache.lock:
+            if self._closed:
+                return
+            due, _ = self._cache.pop_due(now)
+        for entry in due:
+            self._refresh_in_background(entry, now)
+        self._timer.call_at(now + self._poll_interval, self._tick)
+
+    # -- management ---------------------------------------------------------------------
+
+    def invalidate(
+        self,
+        session_id: str | None = None,
+        *,
+        template: str | None = None,
+        organization_id: str | None = None,
+        audience: str | None = None,
+        token: str | Token | None = None,
+    ) -> bool:
+        """Drop the key's cached token; with ``token=``, only if that is the cached one.
+
+        Returns whether a token was dropped. A refresh already running may still publish a
+        newer token, never this one or an older one.
+        """
+        raw = token.raw if isinstance(token, Token) else token
+        with self._cache.lock:
+            entry = self._entries.get((session_id, template, organization_id, audience))
+            if entry is None or entry.resolved is None:
+                return False
+            if raw is not None and entry.resolved.raw != raw:
+                return False
+            self._cache.drop(entry, self._now())
+            return True
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation (approximate under concurrency: the hot path takes no lock).
+
+        ``hits``, ``stale_serves``, ``waits``, ``fetches`` (upstream attempts),
+        ``background_refreshes``, ``failures``, ``entries``, ``in_flight``.
+        """
+        c = self._counters
+        return {
+            "hits": c.hits,
+            "stale_serves": c.stale_serves,
+            "waits": c.waits,
+            "fetches": c.fetches,
+            "background_refreshes": c.background_refreshes,
+            "failures": c.failures,
+            "entries": len(self._entries),
+            "in_flight": len(self._refresher.flights),
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this TokenClient is closed; create a new one")
+
+    def _warn_once(self, kind: str, lifetime: float) -> None:
+        marker = (kind, round(lifetime, 3))
+        if marker in self._warned:
+            return
+        self._warned[marker] = True
+        if kind == "threshold":
+            _log.warning(
+                "swr_token: background_refresh_threshold is at least the token lifetime "
+                "(%.1f s); using half the lifetime instead", lifetime)
+        else:
+            _log.info("swr_token: tokens live only %.1f s, so the margin is a quarter of that",
+                      lifetime)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the poller and workers, release every waiting caller with
+        :class:`ClientClosedError`; never waits for a request in flight. Idempotent."""
+        with self._cache.lock:
+            if self._closed:
+                return
+            self._closed = True
+            flights = self._refresher.close()
+            self._cache.clear()
+            self._entries = self._cache.entries
+        release(flights, ClientClosedError(
+            "the TokenClient was closed while this call waited for a token"))
+        self._timer.close()
+        if self._owns_executor:
+            self._refresher.executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> TokenClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh locks, workers and poller; keep valid tokens; forget the parent's fetches."""
+        self._cache.reset_after_fork()
+        self._refresher.reset_after_fork()
+        self._refresher.pacer.reset_after_fork()
+        self._timer.reset_after_fork()
+        self._polling = False
+        if self._owns_executor:
+            self._refresher.executor = DaemonThreadPoolExecutor()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._entries)} keys"
+        return f"<TokenClient {state}>"
+
+    def __getstate__(self) -> Any:
+        raise TypeError("a TokenClient cannot be pickled; create one per process")
+

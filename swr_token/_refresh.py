@@ -1,0 +1,342 @@
+"""Running fetches: attempts, retries on the timer, pacing, and what a result does to a key.
+
+A flight is one logical fetch for a key. Each attempt runs on a worker (background) or on a
+thread of its own (foreground: a caller is waiting, so it never queues behind refreshes).
+Between attempts nothing sleeps: the next attempt is put on the :class:`Timer`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, InvalidStateError
+from typing import Any
+
+from ._cache import Cache, Entry, Flight, Published
+from ._clock import Clock
+from ._errors import (
+    ClientClosedError,
+    InvalidTokenError,
+    TokenError,
+    TokenFetchError,
+    TokenRejectedError,
+)
+from ._request import TokenRequest
+from ._retry import RetryPolicy, SourcePacer, jittered_backoff
+from ._timer import Timer
+from ._token import Token
+
+__all__ = ["Counters", "Refresher"]
+
+_log = logging.getLogger("swr_token")
+
+TokenHook = Callable[[TokenRequest, Token], None]
+ErrorHook = Callable[[TokenRequest, TokenError], None]
+
+
+class Counters:
+    """Plain integer counters; increments may race (stats are approximate by contract)."""
+
+    __slots__ = ("background_refreshes", "failures", "fetches", "hits", "stale_serves", "waits")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.stale_serves = 0
+        self.waits = 0
+        self.fetches = 0
+        self.background_refreshes = 0
+        self.failures = 0
+
+
+class Refresher:
+    """Starts and runs flights for a :class:`Cache` against one source."""
+
+    _thread_ids = itertools.count(1)
+
+    def __init__(
+        self,
+        cache: Cache,
+        source: Callable[[TokenRequest], Any],
+        *,
+        clock: Clock,
+        timer: Timer,
+        executor: Executor,
+        foreground_executor: Executor | None,
+        retry: RetryPolicy,
+        pacer: SourcePacer,
+        fetch_timeout: float,
+        counters: Counters,
+        on_token_update: TokenHook | None,
+        on_refresh_error: ErrorHook | None,
+        started_wall: float,
+        started_deadline: float,
+    ) -> None:
+        self.cache = cache
+        self.source = source
+        self.clock = clock
+        self.timer = timer
+        self.executor = executor
+        self.foreground_executor = foreground_executor
+        self.retry = retry
+        self.pacer = pacer
+        self.fetch_timeout = fetch_timeout
+        self.counters = counters
+        self.on_token_update = on_token_update
+        self.on_refresh_error = on_refresh_error
+        self.started_wall = started_wall
+        self.started_deadline = started_deadline
+        self.flights: set[Flight] = set()
+        self.closed = False
+        self._seq = itertools.count(1)
+
+    # -- starting (call with cache.lock held) -------------------------------------------
+
+    def start(self, entry: Entry, *, background: bool, own: bool = False,
+              stop_at: float | None = None) -> Flight:
+        """Create a flight; the caller must :meth:`dispatch` it after releasing the lock."""
+        now = self.clock.deadline()
+        flight = Flight(entry, seq=next(self._seq), background=background, own=own, now=now,
+                        stop_at=stop_at)
+        if not own:
+            entry.flight = flight
+        self.flights.add(flight)
+        if background:
+            self.counters.background_refreshes += 1
+        return flight
+
+    def dispatch(self, flight: Flight) -> None:
+        """Run the flight's next attempt: on the pool for refreshes, on its own thread when a
+        caller waits (so a cold fetch never queues behind background work).
+
+        While the source is failing, the pacer decides: a refresh that is refused gives up
+        and the key backs off; a fetch that callers wait on waits for the source's next slot
+        (a timer entry, not a thread) if that falls within its budget, else fails at once.
+        """
+        if flight.future.done() or self.closed:
+            self._retire(flight)
+            return
+        now = self.clock.deadline()
+        if flight.attempt == 0 and not flight.background:
+            self.timer.call_at(now + self.fetch_timeout, lambda: self._time_out(flight))
+        refreshing = flight.background and flight.stop_at is not None
+        if not flight.own and not self.pacer.permit(now):
+            error = self.pacer.last_error or TokenFetchError(
+                "the token source is failing; not asked again until its backoff ends")
+            slot = self.pacer.next_slot + random.uniform(0.0, 0.05)
+            if not refreshing and slot < flight.started_at + self.fetch_timeout:
+                self.timer.call_at(slot, lambda: self.dispatch(flight))
+            else:
+                self._fail(flight, error, now)
+            return
+        try:
+            if refreshing:
+                self.executor.submit(self._attempt, flight)
+            elif self.foreground_executor is not None:
+                self.foreground_executor.submit(self._attempt, flight)
+            else:
+                threading.Thread(
+                    target=self._attempt, args=(flight,), daemon=True,
+                    name=f"swr-token-fetch-{next(self._thread_ids)}",
+                ).start()
+        except RuntimeError as exc:  # executor shut down, or no thread could start
+            error = ClientClosedError("the client is closed; create a new TokenClient")
+            if not self.closed:
+                error = TokenFetchError(f"could not start a fetch ({exc}); try again")
+            self._fail(flight, error, self.clock.deadline())
+
+    # -- one attempt --------------------------------------------------------------------
+
+    def _attempt(self, flight: Flight) -> None:
+        if flight.future.done() or self.closed:
+            self._retire(flight)
+            return
+        flight.attempt += 1
+        self.counters.fetches += 1
+        try:
+            result = self.source(flight.request)
+            token = self._receive(result)
+        except TokenError as exc:
+            error: TokenError = exc
+        except Exception as exc:
+            error = TokenFetchError(
+                f"the token source raised {type(exc).__name__} for "
+                f"{flight.request.describe()} (see __cause__); it will be retried"
+            )
+            error.__cause__ = exc
+        else:
+            self.pacer.answered()
+            self._succeed(flight, token)
+            return
+        now = self.clock.deadline()
+        transient = isinstance(error, TokenFetchError)
+        if transient:
+            if self.pacer.streak == 0:
+                _log.warning("swr_token: token source failing: %s", error)
+            self.pacer.failed(now, error)
+        elif isinstance(error, TokenRejectedError):
+            self.pacer.answered()
+        wait = self.retry.next_wait(attempt=flight.attempt, started_at=flight.started_at,
+                                    now=now, error=error)
+        if wait is not None and not flight.future.done():
+            due = now + wait
+            if flight.stop_at is None or due < flight.stop_at:
+                self.timer.call_at(due, lambda: self.dispatch(flight))
+                return
+        self._fail(flight, error, now)
+
+    def _receive(self, result: object) -> Token:
+        if isinstance(result, str):
+            result = Token(result)
+        elif not isinstance(result, Token):
+            raise InvalidTokenError(
+                f"the token source returned {type(result).__name__}; "
+                "it must return the raw token string or a swr_token.Token"
+            )
+        now = self.clock.deadline()
+        return result.received(
+            deadline_now=now,
+            deadline_clock=self.clock.deadline,
+            wall_now=self.clock.wall(),
+            started_wall_now=self.started_wall + (now - self.started_deadline),
+        )
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _succeed(self, flight: Flight, token: Token) -> None:
+        now = self.clock.deadline()
+        published: Published | None = None
+        with self.cache.lock:
+            self.flights.discard(flight)
+            if self.closed:
+                return
+            entry = flight.entry
+            if flight.own:
+                entry = self.cache.entry_for(flight.key, now)
+            elif entry.flight is flight:
+                entry.flight = None
+            result = self.cache.publish(entry, token, order=(token.issued_at or 0.0, flight.seq),
+                                        now=now)
+            published = result.published
+            if flight.own:
+                pass
+            elif result.progress:
+                if entry.streak:
+                    _log.info("swr_token: refresh of %s recovered", flight.request.describe())
+                entry.streak = 0
+                entry.backoff_until = float("-inf")
+                entry.fail_error = None
+                entry.fail_until = float("-inf")
+            else:
+                entry.streak += 1
+                self._back_off(entry, now)
+                if entry.streak == 1:
+                    _log.warning(
+                        "swr_token: refresh of %s made no progress (the issuer returned the "
+                        "same or an already-stale token); backing off", flight.request.describe()
+                    )
+        _settle(flight, token, None)
+        if published is not None and self.on_token_update is not None:
+            _call_hook(self.on_token_update, flight.request, published.token)
+
+    def _fail(self, flight: Flight, error: TokenError, now: float) -> None:
+        if flight.future.done():
+            self._retire(flight)  # already settled (closed, or timed out while hung)
+            return
+        self.counters.failures += 1
+        with self.cache.lock:
+            self.flights.discard(flight)
+            entry = flight.entry
+            if not flight.own and entry.flight is flight:
+                entry.flight = None
+                self._record_failure(entry, error, now, flight.background)
+        _settle(flight, None, error)
+        if self.on_refresh_error is not None and not isinstance(error, ClientClosedError):
+            _call_hook(self.on_refresh_error, flight.request, error)
+
+    def _record_failure(self, entry: Entry, error: TokenError, now: float,
+                        background: bool) -> None:
+        if isinstance(error, InvalidTokenError):
+            # Not the issuer's mood but a bad token: no fail-fast window; only a refresh
+            # backs off, so stale reads do not each ask again.
+            if background:
+                entry.streak += 1
+                self._back_off(entry, now)
+            return
+        entry.streak += 1
+        self._back_off(entry, now)
+        entry.fail_error = error
+        entry.fail_until = max(now + random.uniform(1.0, 1.3), self.pacer.next_slot)
+        # A rejection fails closed: the issuer said no, so stop serving the token it refuses.
+        if isinstance(error, TokenRejectedError) and (
+                self.cache.drop(entry, now) is not None or entry.streak == 1):
+            _log.warning("swr_token: token for %s rejected: %s",
+                         TokenRequest(*entry.key).describe(), error)
+        snap = entry.resolved
+        if snap is not None and snap.deadline - snap.margin > entry.backoff_until:
+            self.cache.push_due(entry.backoff_until, 0, entry, snap)
+
+    def _back_off(self, entry: Entry, now: float) -> None:
+        entry.backoff_until = now + jittered_backoff(entry.streak)
+        entry.backoff_epoch = self.pacer.recoveries
+
+    def join(self, flight: Flight) -> None:
+        """A caller now waits on ``flight``: lift a refresh's critical-deadline stop and give
+        it the caller's budget (and its watchdog)."""
+        if flight.background and flight.stop_at is not None:
+            flight.join(self.clock.deadline())
+            self.timer.call_at(flight.started_at + self.fetch_timeout,
+                               lambda: self._time_out(flight))
+
+    def _time_out(self, flight: Flight) -> None:
+        """A waited-on fetch ran past its budget (a hung request): release its waiters."""
+        if flight.future.done():
+            return
+        self._fail(flight, TokenFetchError(
+            f"fetching a token for {flight.request.describe()} took longer than "
+            f"{self.fetch_timeout:g} s; the issuer may be hanging, try again later"
+        ), self.clock.deadline())
+
+    def _retire(self, flight: Flight) -> None:
+        with self.cache.lock:
+            self.flights.discard(flight)
+            if flight.entry.flight is flight:
+                flight.entry.flight = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> list[Flight]:
+        """Mark closed (with the cache lock held); returns the flights to release."""
+        self.closed = True
+        flights = list(self.flights)
+        self.flights.clear()
+        return flights
+
+    def reset_after_fork(self) -> None:
+        self.flights = set()
+
+
+def _settle(flight: Flight, token: Token | None, error: BaseException | None) -> None:
+    """Resolve the flight's future once; later outcomes (after close or a time-out) are
+    dropped."""
+    try:
+        if error is not None:
+            flight.future.set_exception(error)
+        elif token is not None:
+            flight.future.set_result(token)
+    except InvalidStateError:
+        pass
+
+
+def release(flights: list[Flight], error: BaseException) -> None:
+    for flight in flights:
+        _settle(flight, None, error)
+
+
+def _call_hook(hook: Callable[..., None], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        _log.exception("swr_token: an event hook raised; the refresh goes on")
