@@ -119,6 +119,9 @@ class Cache:
                  warn: Callable[[str, float], None] | None = None) -> None:
         self.lock = threading.Lock()
         self.entries: dict[Key, Entry] = {}
+        # The same entries again, for keys that are a session id alone: the common case
+        # skips building and hashing a 4-tuple on the hot path. Kept in step under the lock.
+        self.by_session: dict[str | None, Entry] = {}
         self.threshold = threshold
         self.margin = margin
         self.max_entries = max_entries
@@ -147,8 +150,20 @@ class Cache:
         if entry is None:
             if len(self.entries) >= self.max_entries:
                 self._evict_for_room(now)
-            entry = self.entries[key] = Entry(key)
+            entry = Entry(key)
+            self._insert(entry)
         return entry
+
+    def _insert(self, entry: Entry) -> None:
+        self.entries[entry.key] = entry
+        session_id, template, organization_id, audience = entry.key
+        if template is None and organization_id is None and audience is None:
+            self.by_session[session_id] = entry
+
+    def _remove(self, entry: Entry) -> None:
+        del self.entries[entry.key]
+        if self.by_session.get(entry.key[0]) is entry:
+            del self.by_session[entry.key[0]]
 
     def _evict_for_room(self, now: float) -> None:
         """Make room: expired and empty entries first, then the least recently read.
@@ -164,7 +179,7 @@ class Cache:
             alive = [e for e in idle if e.resolved is not None and e.resolved.deadline > now]
             victims += heapq.nsmallest(target - len(victims), alive, key=lambda e: e.last_read)
         for entry in victims:
-            del self.entries[entry.key]
+            self._remove(entry)
 
     def publish(self, entry: Entry, token: Token, *, order: tuple[float, int],
                 now: float) -> PublishResult:
@@ -187,7 +202,7 @@ class Cache:
         entry.resolved = snap
         entry.newest = order
         if self.entries.get(entry.key) is not entry:
-            self.entries[entry.key] = entry
+            self._insert(entry)
         stale_at = snap.deadline - threshold
         span = min(1.0, (threshold - margin) / 4)
         self.push_due(stale_at + self._jitter(span) if span > 0 else stale_at, _STALE, entry,
@@ -229,7 +244,7 @@ class Cache:
             elif entry.resolved is snap or entry.resolved is None:
                 if entry.flight is None and (snap is None or snap.deadline <= now) \
                         and entry.fail_until <= now:
-                    del self.entries[entry.key]
+                    self._remove(entry)
                     evicted += 1
                 elif entry.resolved is snap:
                     self.push_due(max(now, entry.fail_until) + 1.0, _EXPIRE, entry, snap)
@@ -243,6 +258,7 @@ class Cache:
 
     def clear(self) -> None:
         self.entries = {}
+        self.by_session = {}
         self._due = []
 
     def reset_after_fork(self) -> None:

@@ -99,8 +99,9 @@ class TokenClient:
         self._warned: cachetools.LRUCache[tuple[str, float], bool] = cachetools.LRUCache(256)
         self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries,
                             warn=self._warn_once)
-        # The hot path reads this dict without the lock; close() swaps in an empty one.
+        # The hot path reads these dicts without the lock; close() swaps in empty ones.
         self._entries: dict[Key, Entry] = self._cache.entries
+        self._by_session: dict[str | None, Entry] = self._cache.by_session
         self._owns_executor = executor is None
         self._counters = Counters()
         self._timer = Timer(self._clock)
@@ -143,14 +144,17 @@ class TokenClient:
         Raises :class:`TokenRejectedError`, :class:`TokenFetchError` (also when ``timeout``
         seconds pass), :class:`InvalidTokenError` or :class:`ClientClosedError`.
         """
-        entry = self._entries.get((session_id, template, organization_id, audience))
-        if entry is not None and not skip_cache and not refresh_if_stale \
+        if template is None and organization_id is None and audience is None:
+            entry = self._by_session.get(session_id)
+        else:
+            entry = self._entries.get((session_id, template, organization_id, audience))
+        if entry is not None and not (skip_cache or refresh_if_stale) \
                 and background_refresh_threshold is None:
             snap = entry.resolved
             if snap is not None:
                 now = self._now()
                 if snap.deadline - now >= snap.fresh_from:
-                    entry.last_read = now
+                    entry.last_read = now  # a plain store: "read since its fetch"
                     self._counters.hits += 1
                     return snap.raw
         return self._get((session_id, template, organization_id, audience), skip_cache,
@@ -349,6 +353,7 @@ class TokenClient:
             flights = self._refresher.close()
             self._cache.clear()
             self._entries = self._cache.entries
+            self._by_session = self._cache.by_session
         release(flights, ClientClosedError(
             "the TokenClient was closed while this call waited for a token"))
         self._timer.close()
