@@ -304,6 +304,10 @@ class TokenClient:
             if raw is not None and entry.resolved.raw != raw:
                 return False
             self._cache.drop(entry, self._now())
+            # A fetch already running may return the very token dropped here (an issuer that
+            # re-serves it): callers arriving from now on must not join it. It runs on and
+            # may still publish a newer token; the freshness guard refuses this one.
+            entry.flight = None
             return True
 
     def stats(self) -> dict[str, int]:

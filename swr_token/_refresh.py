@@ -89,6 +89,10 @@ class Refresher:
         self.started_wall = started_wall
         self.started_deadline = started_deadline
         self.flights: set[Flight] = set()
+        #: Keys whose refresh the pacer refused, oldest first. While the source is failing,
+        #: one of them is retried at each pacer slot (the probe); a success releases them all.
+        self.parked: dict[Entry, None] = {}
+        self._probe_due = False
         self.closed = False
         self._seq = itertools.count(1)
 
@@ -126,7 +130,9 @@ class Refresher:
             error = self.pacer.last_error or TokenFetchError(
                 "the token source is failing; not asked again until its backoff ends")
             slot = self.pacer.next_slot + random.uniform(0.0, 0.05)
-            if not refreshing and slot < flight.started_at + self.fetch_timeout:
+            if refreshing:
+                self._park(flight, error)
+            elif slot < flight.started_at + self.fetch_timeout:
                 self.timer.call_at(slot, lambda: self.dispatch(flight))
             else:
                 self._fail(flight, error, now)
@@ -167,7 +173,8 @@ class Refresher:
             )
             error.__cause__ = exc
         else:
-            self.pacer.answered()
+            if self.pacer.answered():
+                self._release_parked()
             self._succeed(flight, token)
             return
         now = self.clock.deadline()
@@ -176,8 +183,8 @@ class Refresher:
             if self.pacer.streak == 0:
                 _log.warning("swr_token: token source failing: %s", error)
             self.pacer.failed(now, error)
-        elif isinstance(error, TokenRejectedError):
-            self.pacer.answered()
+        elif isinstance(error, TokenRejectedError) and self.pacer.answered():
+            self._release_parked()
         wait = self.retry.next_wait(attempt=flight.attempt, started_at=flight.started_at,
                                     now=now, error=error)
         if wait is not None and not flight.future.done():
@@ -275,8 +282,65 @@ class Refresher:
             _log.warning("swr_token: token for %s rejected: %s",
                          TokenRequest(*entry.key).describe(), error)
         snap = entry.resolved
-        if snap is not None and snap.deadline - snap.margin > entry.backoff_until:
+        if background and snap is not None and self.pacer.paced():
+            self._park_entry(entry)
+        elif snap is not None and snap.deadline - snap.margin > entry.backoff_until:
             self.cache.push_due(entry.backoff_until, 0, entry, snap)
+
+    # -- parking while the source is paced ----------------------------------------------
+
+    def _park(self, flight: Flight, error: TokenError) -> None:
+        """A refresh the pacer refused: no request, no growing backoff; wait for a probe."""
+        with self.cache.lock:
+            self.flights.discard(flight)
+            if flight.entry.flight is flight:
+                flight.entry.flight = None
+                if flight.entry.resolved is not None:
+                    self._park_entry(flight.entry)
+        _settle(flight, None, error)
+
+    def _park_entry(self, entry: Entry) -> None:
+        # Called with the lock held. The key stays quiet (a long backoff) until a probe
+        # succeeds, which voids every backoff taken before it (``backoff_epoch``).
+        self.parked.pop(entry, None)
+        self.parked[entry] = None
+        entry.backoff_until = self.clock.deadline() + jittered_backoff(6)
+        entry.backoff_epoch = self.pacer.recoveries
+        if not self._probe_due:
+            self._probe_due = True
+            self.timer.call_at(self.pacer.next_slot, self._probe)
+
+    def _probe(self) -> None:
+        """At the pacer's next slot, retry the refresh of the longest-parked key."""
+        flight = None
+        with self.cache.lock:
+            self._probe_due = False
+            if self.closed:
+                return
+            if not self.pacer.paced():
+                self.parked.clear()
+                return
+            now = self.clock.deadline()
+            while self.parked and flight is None:
+                entry = next(iter(self.parked))
+                del self.parked[entry]
+                snap = entry.resolved
+                if (snap is None or entry.flight is not None or snap.deadline - snap.margin <= now
+                        or self.cache.entries.get(entry.key) is not entry):
+                    continue  # refreshed, dropped, critical (callers take over) or evicted
+                flight = self.start(entry, background=True, stop_at=snap.deadline - snap.margin)
+            if flight is None:
+                return
+        self.dispatch(flight)
+
+    def _release_parked(self) -> None:
+        """The source recovered: every parked key may refresh now (reads and the poller)."""
+        now = self.clock.deadline()
+        with self.cache.lock:
+            for entry in self.parked:
+                if entry.resolved is not None:
+                    self.cache.push_due(now, 0, entry, entry.resolved)
+            self.parked.clear()
 
     def _back_off(self, entry: Entry, now: float) -> None:
         entry.backoff_until = now + jittered_backoff(entry.streak)
@@ -316,6 +380,8 @@ class Refresher:
 
     def reset_after_fork(self) -> None:
         self.flights = set()
+        self.parked = {}
+        self._probe_due = False
 
 
 def _settle(flight: Flight, token: Token | None, error: BaseException | None) -> None:

@@ -117,16 +117,25 @@ class SourcePacer:
                 # A 429's Retry-After speaks for the whole client, not for one key.
                 self.next_slot = max(self.next_slot, now + float(retry_after))
 
-    def answered(self) -> None:
-        """The source answered (a token, or a definite rejection): the issuer is up."""
+    def paced(self) -> bool:
+        """Is the source past its quick retries (one attempt per slot)?"""
+        return self.streak >= self.quick_failures
+
+    def answered(self) -> bool:
+        """The source answered (a token, or a definite rejection): the issuer is up.
+
+        Returns True when this ends a failure streak (a recovery).
+        """
         if self.streak == 0 and self.next_slot == 0.0:
-            return
+            return False
         with self._lock:
-            if self.streak:
+            recovered = self.streak > 0
+            if recovered:
                 self.recoveries += 1
             self.streak = 0
             self.next_slot = 0.0
             self.last_error = None
+            return recovered
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
