@@ -17,16 +17,19 @@ from ._errors import (
 from ._executor import DaemonThreadPoolExecutor
 from ._request import TokenRequest
 from ._retry import RetryPolicy
+from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
 from ._token import Freshness, Token, classify
 from ._version import __version__
 
 __all__ = [
+    "ClerkBackendSource",
     "ClientClosedError",
     "Clock",
     "ConfigurationError",
     "DaemonThreadPoolExecutor",
     "Freshness",
     "InvalidTokenError",
+    "OAuth2ClientCredentialsSource",
     "RetryPolicy",
     "SystemClock",
     "Token",

@@ -1,0 +1,333 @@
+"""The built-in token sources: Clerk's Backend API and OAuth2 client credentials.
+
+Each is a callable ``source(request) -> Token`` (SPEC section 6). They know HTTP and nothing
+about caching; :mod:`swr_token._http` turns every failure into a typed error.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+from urllib.parse import quote, quote_plus
+
+import requests
+
+from ._errors import ConfigurationError, InvalidTokenError, TokenRejectedError
+from ._http import DEFAULT_TIMEOUT, Transport, check_url, display_url, generic_hint
+from ._request import TokenRequest
+from ._token import Token
+
+__all__ = ["ClerkBackendSource", "OAuth2ClientCredentialsSource"]
+
+AuthMethod = Literal["client_secret_basic", "client_secret_post"]
+
+
+def _credential(value: object, *, name: str, how: str, token68: bool = False) -> str:
+    """A credential, refused if empty or holding control characters (a stray newline).
+
+    A bearer secret (``token68``) is also stripped and may hold no inner whitespace; OAuth2
+    client credentials are form-urlencoded on the wire, so any other character is fine.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{name} is missing or empty; {how}")
+    if token68:
+        value = value.strip()
+    if any(ord(ch) < 32 or ord(ch) == 127 or (token68 and ch.isspace()) for ch in value):
+        # Never echo it: the message would carry the secret.
+        raise ConfigurationError(f"{name} contains whitespace or control characters; {how}")
+    return value
+
+
+def _reject(source: str, part: str, why: str) -> TokenRejectedError:
+    return TokenRejectedError(f"{source} cannot honour {part}: {why}")
+
+
+def _token(
+    raw: str, *, expires_in: float | None, server_time: float | None, what: str, status: int,
+    unknown_lifetime: str,
+) -> Token:
+    try:
+        return Token(raw, expires_in=expires_in, server_time=server_time)
+    except InvalidTokenError as exc:
+        # Token's own advice is for hand-written sources; say what is wrong with the answer.
+        raise InvalidTokenError(
+            f"{what} got a token whose lifetime is unknown: {unknown_lifetime}", status=status
+        ) from exc
+
+
+class ClerkBackendSource:
+    """Session tokens from Clerk's Backend API.
+
+    ``POST {api_url}/sessions/{session_id}/tokens[/{template}]`` with the instance's secret key
+    (``secret_key=`` or ``CLERK_SECRET_KEY``). Takes no organization and no audience: a request
+    with either, or without a session id, is refused before anything is sent.
+    """
+
+    __slots__ = ("_api_url", "_expires_in_seconds", "_secret_key", "_transport")
+
+    def __init__(
+        self,
+        secret_key: str | None = None,
+        *,
+        api_url: str = "https://api.clerk.com/v1",
+        session: requests.Session | None = None,
+        expires_in_seconds: int | None = None,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+    ) -> None:
+        how = "pass secret_key= or set the CLERK_SECRET_KEY environment variable"
+        if secret_key is None:
+            secret_key = os.environ.get("CLERK_SECRET_KEY")
+            if not secret_key:
+                raise ConfigurationError(f"no Clerk secret key was given; {how}")
+        self._secret_key = _credential(
+            secret_key, name="the Clerk secret key", how=how, token68=True
+        )
+        self._api_url = check_url(api_url, name="api_url").rstrip("/")
+        if expires_in_seconds is not None and (
+            isinstance(expires_in_seconds, bool)
+            or not isinstance(expires_in_seconds, int)
+            or expires_in_seconds <= 0
+        ):
+            raise ConfigurationError("expires_in_seconds must be a positive whole number or None")
+        self._expires_in_seconds = expires_in_seconds
+        self._transport = Transport(
+            session=session, timeout=timeout, verify=verify, secrets=(self._secret_key,),
+            hint=_clerk_hint,
+        )
+
+    def __call__(self, request: TokenRequest) -> Token:
+        """Mint a token for ``request.session_id`` (and ``request.template``, if any)."""
+        name = "ClerkBackendSource"
+        if not request.session_id:
+            raise _reject(name, "a request without a session_id",
+                          "Clerk mints tokens per session; pass session_id=")
+        if request.organization_id is not None:
+            raise _reject(name, "organization_id",
+                          "the token carries the session's active organization; set that on "
+                          "the session in Clerk, or use a key without organization_id")
+        if request.audience is not None:
+            raise _reject(name, "audience",
+                          "Clerk's session tokens take no audience; use a JWT template that "
+                          "sets 'aud' and pass template=")
+        url = f"{self._api_url}/sessions/{quote(request.session_id, safe='')}/tokens"
+        if request.template:
+            url += f"/{quote(request.template, safe='')}"
+        what = f"Clerk token request for {request.describe()}"
+        body = None
+        if self._expires_in_seconds is not None:
+            body = {"expires_in_seconds": self._expires_in_seconds}
+        status, answer, server_time = self._transport.post(
+            url, what=what, authorization=f"Bearer {self._secret_key}", json_body=body,
+        )
+        raw = answer.get("jwt")
+        if not isinstance(raw, str) or not raw:
+            raise InvalidTokenError(
+                f"{what} got HTTP {status} without a 'jwt' string in the answer; "
+                "check api_url points at Clerk's Backend API (…/v1)",
+                status=status,
+            )
+        return _token(
+            raw, expires_in=None, server_time=server_time, what=what, status=status,
+            unknown_lifetime="the 'jwt' is not a JWT with a numeric 'exp' claim; check that "
+            "api_url points at Clerk's Backend API",
+        )
+
+    @property
+    def session(self) -> requests.Session:
+        """The ``requests.Session`` this source sends through."""
+        return self._transport.session
+
+    def close(self) -> None:
+        """Close the HTTP session if this source made it."""
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"ClerkBackendSource(api_url={display_url(self._api_url)!r}, secret_key='***')"
+
+
+def _clerk_hint(status: int, code: str | None) -> str:
+    if status in (401, 403):
+        return ("check the secret key (secret_key= or CLERK_SECRET_KEY) and that it belongs "
+                "to the Clerk instance that owns the session")
+    if status == 404:
+        return ("the session was not found or has ended (or the JWT template does not "
+                "exist); sign the user in again or check the template name")
+    if status in (400, 422):
+        return ("Clerk refused the request as malformed; check the session id, the template "
+                "name and expires_in_seconds")
+    return generic_hint(status, code)
+
+
+class OAuth2ClientCredentialsSource:
+    """Access tokens from an OAuth2 token endpoint with the client-credentials grant.
+
+    RFC 6749 section 4.4. Client authentication is HTTP Basic (``client_secret_basic``, the
+    default, with id and secret form-urlencoded per section 2.3.1) or ``client_secret_post``.
+    The request's ``audience`` overrides the configured one; a ``session_id``, ``template`` or
+    ``organization_id`` has no meaning for this grant and is refused before anything is sent.
+    """
+
+    __slots__ = (
+        "_audience", "_auth_method", "_basic", "_client_id", "_client_secret", "_extra",
+        "_scope", "_token_url", "_transport",
+    )
+
+    _RESERVED = frozenset({"grant_type", "client_id", "client_secret", "scope", "audience"})
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        scope: str | Iterable[str] | None = None,
+        audience: str | None = None,
+        session: requests.Session | None = None,
+        auth_method: AuthMethod = "client_secret_basic",
+        extra_params: Mapping[str, str] | None = None,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+    ) -> None:
+        how = "pass the client credentials registered with the authorization server"
+        self._token_url = check_url(token_url, name="token_url")
+        self._client_id = _credential(client_id, name="client_id", how=how)
+        self._client_secret = _credential(client_secret, name="client_secret", how=how)
+        if auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ConfigurationError(
+                "auth_method must be 'client_secret_basic' or 'client_secret_post'"
+            )
+        self._auth_method: AuthMethod = auth_method
+        pair = f"{quote_plus(self._client_id, safe='')}:{quote_plus(self._client_secret, safe='')}"
+        self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        if scope is not None and not isinstance(scope, str):
+            scope = " ".join(scope)
+        self._scope = scope or None
+        self._audience = audience or None
+        extra = dict(extra_params or {})
+        clash = sorted(self._RESERVED.intersection(extra))
+        if clash:
+            raise ConfigurationError(
+                f"extra_params may not set {', '.join(clash)}; use the matching argument"
+            )
+        self._extra = extra
+        self._transport = Transport(
+            session=session, timeout=timeout, verify=verify,
+            secrets=(self._client_secret, self._basic.split(" ", 1)[1]), hint=_oauth2_hint,
+        )
+
+    def __call__(self, request: TokenRequest) -> Token:
+        """Fetch an access token for the configured scope and ``request.audience``."""
+        name = "OAuth2ClientCredentialsSource"
+        why = "the client-credentials grant has no sessions, templates or organizations"
+        for part, value in (
+            ("session_id", request.session_id),
+            ("template", request.template),
+            ("organization_id", request.organization_id),
+        ):
+            if value is not None:
+                raise _reject(name, part, f"{why}; use a key with only audience= (or none)")
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        audience = request.audience if request.audience is not None else self._audience
+        if audience:
+            form["audience"] = audience
+        form.update(self._extra)
+        authorization = None
+        if self._auth_method == "client_secret_basic":
+            authorization = self._basic
+        else:
+            form["client_id"] = self._client_id
+            form["client_secret"] = self._client_secret
+        what = f"OAuth2 token request to {display_url(self._token_url)}"
+        if request.audience is not None:
+            what += f" for {request.describe()}"
+        status, answer, server_time = self._transport.post(
+            self._token_url, what=what, authorization=authorization, data=form
+        )
+        return _access_token(answer, what=what, status=status, server_time=server_time)
+
+    @property
+    def session(self) -> requests.Session:
+        """The ``requests.Session`` this source sends through."""
+        return self._transport.session
+
+    def close(self) -> None:
+        """Close the HTTP session if this source made it."""
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"OAuth2ClientCredentialsSource(token_url={display_url(self._token_url)!r}, "
+            f"client_id={self._client_id!r}, client_secret='***', "
+            f"auth_method={self._auth_method!r})"
+        )
+
+
+def _access_token(
+    answer: Mapping[str, Any], *, what: str, status: int, server_time: float | None
+) -> Token:
+    raw = answer.get("access_token")
+    if not isinstance(raw, str) or not raw:
+        raise InvalidTokenError(
+            f"{what} got HTTP {status} without an 'access_token' string in the answer; "
+            "check token_url points at the token endpoint",
+            status=status,
+        )
+    token_type = answer.get("token_type")
+    if token_type is not None and str(token_type).lower() != "bearer":
+        raise InvalidTokenError(
+            f"{what} got a token of type {str(token_type)[:40]!r}; only Bearer tokens are "
+            "supported",
+            status=status,
+        )
+    expires_in = _seconds(answer.get("expires_in"))
+    if expires_in is None and answer.get("expires_in") is not None:
+        raise InvalidTokenError(
+            f"{what} got an expires_in that is not a number of seconds", status=status
+        )
+    return _token(
+        raw, expires_in=expires_in, server_time=server_time, what=what, status=status,
+        unknown_lifetime="the access token is not a JWT with a numeric 'exp' and the answer "
+        "has no expires_in; configure the provider to send expires_in",
+    )
+
+
+def _seconds(value: object) -> float | None:
+    """``expires_in`` as a number; some providers send it as a numeric string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _oauth2_hint(status: int, code: str | None) -> str:
+    by_code = {
+        "invalid_client": "check client_id, client_secret and auth_method",
+        "unauthorized_client": "this client may not use the client_credentials grant; "
+        "allow it at the authorization server",
+        "unsupported_grant_type": "the server does not offer the client_credentials grant",
+        "invalid_scope": "check scope: the client may not ask for it",
+        "invalid_target": "check audience: the server does not know it or the client may not "
+        "ask for it",
+    }
+    if code in by_code:
+        return by_code[code]
+    if status in (401, 403):
+        return ("check client_id, client_secret and auth_method (client_secret_basic or "
+                "client_secret_post), and that the client may ask for this scope and audience")
+    if status == 404:
+        return "the token endpoint was not found; check token_url"
+    if status in (400, 422):
+        return "the server refused the request as malformed; check scope, audience and extra_params"
+    return generic_hint(status, code)
