@@ -65,6 +65,8 @@ class TokenClient:
     - ``clock``: :class:`SystemClock` by default; tests pass ``swr_token.testing.FakeClock``.
     - ``on_token_update(request, token)`` / ``on_refresh_error(request, error)``: hooks run
       outside every lock when a token is published / a fetch fails; exceptions are logged.
+    - ``verifier(token)``: checks each fetched token before it is used (for example
+      ``swr_token.JWKSVerifier``); raises :class:`InvalidTokenError` to refuse it.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class TokenClient:
         clock: Clock | None = None,
         on_token_update: TokenHook | None = None,
         on_refresh_error: ErrorHook | None = None,
+        verifier: Callable[[Token], None] | None = None,
     ) -> None:
         if not callable(source):
             raise ConfigurationError(
@@ -120,6 +123,7 @@ class TokenClient:
             on_refresh_error=on_refresh_error,
             started_wall=self._clock.wall(),
             started_deadline=self._now(),
+            verifier=verifier,
         )
         self._polling = False
         self._closed = False

@@ -73,6 +73,7 @@ class Refresher:
         on_refresh_error: ErrorHook | None,
         started_wall: float,
         started_deadline: float,
+        verifier: Callable[[Token], None] | None = None,
     ) -> None:
         self.cache = cache
         self.source = source
@@ -88,6 +89,7 @@ class Refresher:
         self.on_refresh_error = on_refresh_error
         self.started_wall = started_wall
         self.started_deadline = started_deadline
+        self.verifier = verifier
         self.flights: set[Flight] = set()
         #: Keys whose refresh the pacer refused, oldest first. While the source is failing,
         #: one of them is retried at each pacer slot (the probe); a success releases them all.
@@ -202,6 +204,9 @@ class Refresher:
                 f"the token source returned {type(result).__name__}; "
                 "it must return the raw token string or a swr_token.Token"
             )
+        if self.verifier is not None:
+            # Raises InvalidTokenError (never cached) or TokenFetchError (keys unreachable).
+            self.verifier(result)
         now = self.clock.deadline()
         return result.received(
             deadline_now=now,

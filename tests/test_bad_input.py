@@ -121,3 +121,20 @@ def test_plain_callable_source(clock: FakeClock) -> None:
 
         raw = client.get_token("sess_42")
         assert pyjwt.decode(raw, options={"verify_signature": False})["sid"] == "sess_42"
+
+
+def test_verifier_refusal_is_invalid_and_never_cached(clock: FakeClock,
+                                                      source: FakeSource) -> None:
+    seen: list[str] = []
+
+    def verifier(token: Token) -> None:
+        seen.append(token.fingerprint)
+        if len(seen) == 1:
+            raise InvalidTokenError("signature does not verify")
+
+    with TokenClient(source, clock=clock, verifier=verifier) as client:
+        with pytest.raises(InvalidTokenError, match="signature"):
+            client.get_token("s1")
+        assert client.get_token("s1") == source.issued[-1]  # asked again, verified, cached
+        assert client.get_token("s1") == source.issued[-1]
+        assert source.count == 2 and len(seen) == 2
