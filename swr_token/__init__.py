@@ -15,9 +15,11 @@ from ._errors import (
     TokenRejectedError,
 )
 from ._executor import DaemonThreadPoolExecutor
+from ._redis import RedisStore
 from ._request import TokenRequest
 from ._retry import RetryPolicy
 from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
+from ._store import TokenStore
 from ._token import Freshness, Token, classify
 from ._version import __version__
 
@@ -30,6 +32,7 @@ __all__ = [
     "Freshness",
     "InvalidTokenError",
     "OAuth2ClientCredentialsSource",
+    "RedisStore",
     "RetryPolicy",
     "SystemClock",
     "Token",
@@ -38,6 +41,7 @@ __all__ = [
     "TokenFetchError",
     "TokenRejectedError",
     "TokenRequest",
+    "TokenStore",
     "__version__",
     "classify",
 ]

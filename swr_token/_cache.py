@@ -188,12 +188,14 @@ class Cache:
         Returns what was published (or ``None``) and whether the refresh made progress: a
         token equal to the cached one, or already stale on arrival, is no progress.
         """
-        current = entry.resolved
-        if current is not None and current.raw == token.raw:
-            return PublishResult(None, progress=False)
         threshold, margin = self.thresholds_for(token.lifetime)
         remaining = token.deadline - now
         stale_on_arrival = remaining < threshold
+        current = entry.resolved
+        if current is not None and current.raw == token.raw:
+            # Already here (adopted from another process meanwhile): progress if it is
+            # fresh; an issuer re-serving a stale token is the no-progress case.
+            return PublishResult(None, progress=not stale_on_arrival)
         if remaining <= margin or order <= entry.newest:
             return PublishResult(None, progress=not stale_on_arrival)
         if entry.dropped is not None and entry.dropped == fingerprint(token.raw):

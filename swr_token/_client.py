@@ -25,6 +25,7 @@ from ._executor import DaemonThreadPoolExecutor
 from ._refresh import Counters, ErrorHook, Refresher, TokenHook, release
 from ._request import TokenRequest
 from ._retry import RetryPolicy, SourcePacer
+from ._store import SharedStore, TokenStore
 from ._timer import Timer
 from ._token import Freshness, Token, classify, effective_threshold
 
@@ -67,6 +68,8 @@ class TokenClient:
       outside every lock when a token is published / a fetch fails; exceptions are logged.
     - ``verifier(token)``: checks each fetched token before it is used (for example
       ``swr_token.JWKSVerifier``); raises :class:`InvalidTokenError` to refuse it.
+    - ``store``: share tokens, refresh locks and announcements between processes (for
+      example ``swr_token.RedisStore``); never touched on the fresh-token path.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class TokenClient:
         on_token_update: TokenHook | None = None,
         on_refresh_error: ErrorHook | None = None,
         verifier: Callable[[Token], None] | None = None,
+        store: TokenStore | None = None,
     ) -> None:
         if not callable(source):
             raise ConfigurationError(
@@ -124,6 +128,7 @@ class TokenClient:
             started_wall=self._clock.wall(),
             started_deadline=self._now(),
             verifier=verifier,
+            shared=None if store is None else SharedStore(store, clock=self._now),
         )
         self._polling = False
         self._closed = False
@@ -272,6 +277,30 @@ class TokenClient:
                 return
             self._polling = True
         self._timer.call_at(self._now() + self._poll_interval, self._tick)
+        if self._refresher.shared is not None:
+            self._refresher.shared.listen(self._accept_broadcast)
+
+    def _accept_broadcast(self, key: Key, raw: str) -> None:
+        """Another process announced a token: adopt it if it is valid and newer.
+
+        Not re-announced and no hook is run: it is the same token the other process published.
+        """
+        if not (isinstance(key, tuple) and len(key) == 4
+                and all(part is None or isinstance(part, str) for part in key)):
+            return
+        with self._cache.lock:
+            if self._closed:
+                return
+            entry = self._entries.get(key)
+        if entry is None:
+            return  # a key this process never asked for: nothing to update
+        token = self._refresher.accept_shared(entry, raw)
+        if token is None:
+            return
+        with self._cache.lock:
+            if not self._closed:
+                order = (token.issued_at or 0.0, self._refresher.next_seq())
+                self._cache.publish(entry, token, order=order, now=self._now())
 
     def _tick(self) -> None:
         """One poller tick: refresh stale keys that are being read; evict dead ones."""
@@ -365,6 +394,8 @@ class TokenClient:
         release(flights, ClientClosedError(
             "the TokenClient was closed while this call waited for a token"))
         self._timer.close()
+        if self._refresher.shared is not None:
+            self._refresher.shared.close()
         if self._owns_executor:
             self._refresher.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -381,6 +412,8 @@ class TokenClient:
         self._refresher.reset_after_fork()
         self._refresher.pacer.reset_after_fork()
         self._timer.reset_after_fork()
+        if self._refresher.shared is not None:
+            self._refresher.shared.reset_after_fork()
         self._polling = False
         if self._owns_executor:
             self._refresher.executor = DaemonThreadPoolExecutor()

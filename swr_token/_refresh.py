@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._request import TokenRequest
 from ._retry import RetryPolicy, SourcePacer, jittered_backoff
+from ._store import SharedStore
 from ._timer import Timer
 from ._token import Token
 
@@ -74,6 +75,7 @@ class Refresher:
         started_wall: float,
         started_deadline: float,
         verifier: Callable[[Token], None] | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self.cache = cache
         self.source = source
@@ -90,6 +92,7 @@ class Refresher:
         self.started_wall = started_wall
         self.started_deadline = started_deadline
         self.verifier = verifier
+        self.shared = shared
         self.flights: set[Flight] = set()
         #: Keys whose refresh the pacer refused, oldest first. While the source is failing,
         #: one of them is retried at each pacer slot (the probe); a success releases them all.
@@ -155,6 +158,9 @@ class Refresher:
                 error = TokenFetchError(f"could not start a fetch ({exc}); try again")
             self._fail(flight, error, self.clock.deadline())
 
+    def next_seq(self) -> int:
+        return next(self._seq)
+
     # -- one attempt --------------------------------------------------------------------
 
     def _attempt(self, flight: Flight) -> None:
@@ -162,10 +168,8 @@ class Refresher:
             self._retire(flight)
             return
         flight.attempt += 1
-        self.counters.fetches += 1
         try:
-            result = self.source(flight.request)
-            token = self._receive(result)
+            token, from_source = self._fetch(flight)
         except TokenError as exc:
             error: TokenError = exc
         except Exception as exc:
@@ -175,7 +179,7 @@ class Refresher:
             )
             error.__cause__ = exc
         else:
-            if self.pacer.answered():
+            if from_source and self.pacer.answered():
                 self._release_parked()
             self._succeed(flight, token)
             return
@@ -195,6 +199,55 @@ class Refresher:
                 self.timer.call_at(due, lambda: self.dispatch(flight))
                 return
         self._fail(flight, error, now)
+
+    def _fetch(self, flight: Flight) -> tuple[Token, bool]:
+        """One attempt: from the shared store if another process has a newer token, else
+        from the source (under the store's fleet-wide lock when there is a store)."""
+
+        def call_source() -> Token:
+            self.counters.fetches += 1
+            return self._receive(self.source(flight.request))
+
+        if self.shared is None:
+            return call_source(), True
+        if flight.own:
+            # skip_cache: a request of its own, never a shared token; the result is shared.
+            token = call_source()
+            self.shared.put(flight.key, token.raw, token.remaining())
+            return token, True
+        return self.shared.fetch(
+            flight.key, call_source,
+            lambda raw: self.accept_shared(flight.entry, raw, flight=flight),
+            lambda token: (token.raw, token.remaining()))
+
+    def accept_shared(self, entry: Entry, raw: str, *, flight: Flight | None = None
+                      ) -> Token | None:
+        """A token from another process, if it is usable here.
+
+        The checks clerk-js makes on a broadcast: it parses, it belongs to this key, it is
+        not expired (here: not critical), and its ``iat`` is higher than the local one. For a
+        running ``flight`` the local token may already be this one (adopted from an
+        announcement meanwhile), which is fine; a refresh wants a token that is not stale.
+        """
+        try:
+            token = self._receive(Token(raw))
+        except TokenError:
+            return None
+        session_id = entry.key[0]
+        sid = token.claims.get("sid")
+        if sid is not None and session_id is not None and sid != session_id:
+            return None
+        threshold, margin = self.cache.thresholds_for(token.lifetime)
+        remaining = token.deadline - self.clock.deadline()
+        if remaining <= margin:
+            return None
+        refreshing = flight is not None and flight.background and flight.stop_at is not None
+        if refreshing and remaining < threshold:
+            return None
+        current = entry.resolved
+        if current is None or (flight is not None and current.raw == raw):
+            return token  # for a flight: already adopted from an announcement meanwhile
+        return token if (token.issued_at or 0.0) > current.order[0] else None
 
     def _receive(self, result: object) -> Token:
         if isinstance(result, str):

@@ -13,6 +13,8 @@ import pytest
 from swr_token import Token, TokenClient, TokenRequest
 from swr_token.testing import FakeClock, InlineExecutor
 
+from .redis_server import RedisServer
+
 WAIT = 5.0  # upper bound for any wait in a test; a healthy test never gets near it
 KEY = "x" * 32
 
@@ -134,3 +136,12 @@ def drive(clock: FakeClock, client: TokenClient, call: Callable[[], Any],
             elif soon:
                 clock.advance(min(soon) - now)
         return future.result(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, persistence off, for the module."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
