@@ -176,3 +176,51 @@ def test_repr_and_errors_hide_the_url_password(redis_server: RedisServer) -> Non
     with pytest.raises(redis_lib.exceptions.RedisError) as info:
         store.get(KEY)  # wrong ACL credentials: the store raises, the client degrades
     assert "hunter2" not in str(info.value)
+
+
+def test_close_stops_the_subscriber_thread(redis_server: RedisServer, prefix: str,
+                                           clock: FakeClock) -> None:
+    import threading as th
+
+    source = FakeSource(clock)
+    client = TokenClient(source, clock=clock, store=_store(redis_server, prefix))
+    client.get_token("sess")
+    wait_until(lambda: any(t.name == "swr-token-redis-sub" for t in th.enumerate()))
+    client.close()
+    wait_until(lambda: not any(t.name == "swr-token-redis-sub" and t.is_alive()
+                               for t in th.enumerate()), timeout=3)
+
+
+def test_fork_gives_the_child_its_own_redis_connections(redis_server: RedisServer) -> None:
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, time, jwt, swr_token
+        def source(req):
+            now = time.time()
+            return jwt.encode({{"iat": now, "exp": now + 60, "pid": os.getpid(),
+                               "sid": req.session_id}}, "k" * 32, algorithm="HS256")
+        store = swr_token.RedisStore({redis_server.url!r}, prefix="forktest:")
+        client = swr_token.TokenClient(source, store=store)
+        parent = client.get_token("a")
+        pid = os.fork()
+        if pid == 0:
+            ok = client.get_token("a") == parent
+            child = client.get_token("b", timeout=5)     # through Redis, new connections
+            fresh = swr_token.RedisStore({redis_server.url!r}, prefix="forktest:")
+            ok = ok and fresh.get(("b", None, None, None)) == child
+            import threading
+            ok = ok and any(t.name == "swr-token-redis-sub" and t.is_alive()
+                            for t in threading.enumerate())  # a subscriber of its own
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        print("parent", client.get_token("b", timeout=5) is not None)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "child 0" in result.stdout, result.stdout + result.stderr
+    assert "parent True" in result.stdout
