@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,3 +35,36 @@ def test_readme_first_command_names_a_file_that_exists() -> None:
     match = re.search(r"python3 (examples/\S+\.py)", first)
     if match:
         assert (ROOT / match.group(1)).exists()
+
+
+def _python_blocks() -> list[str]:
+    """Every ``.. code-block:: python`` in the README, dedented."""
+    import textwrap
+
+    blocks, lines = [], (ROOT / "README.rst").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == ".. code-block:: python":
+            body = []
+            for following in lines[i + 2:]:
+                if following and not following.startswith("    "):
+                    break
+                body.append(following)
+            blocks.append(textwrap.dedent("\n".join(body)))
+    return blocks
+
+
+RUNNABLE = [b for b in _python_blocks() if "LocalIssuer" in b]
+
+
+def test_readme_has_runnable_examples() -> None:
+    assert len(RUNNABLE) >= 2
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=[f"block{i}" for i in range(len(RUNNABLE))])
+def test_readme_example_runs_as_written(block: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
