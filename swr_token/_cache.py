@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import random
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import cachetools
 
 from ._errors import TokenError
 from ._request import TokenRequest
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["Cache", "Entry", "Flight", "Key", "Published"]
+
+_log = logging.getLogger("swr_token")
 
 Key = tuple[str | None, str | None, str | None, str | None]
 
@@ -115,8 +120,7 @@ class Cache:
     """Entries by key, their lock, the ordered due times, and bounded size."""
 
     def __init__(self, *, threshold: float, margin: float, max_entries: int,
-                 jitter: Callable[[float], float] | None = None,
-                 warn: Callable[[str, float], None] | None = None) -> None:
+                 jitter: Callable[[float], float] | None = None) -> None:
         self.lock = threading.Lock()
         self.entries: dict[Key, Entry] = {}
         # The same entries again, for keys that are a session id alone: the common case
@@ -128,7 +132,8 @@ class Cache:
         self._due: list[tuple[float, int, int, Entry, Published | None]] = []
         self._seq = itertools.count()
         self._jitter = jitter or (lambda span: random.uniform(0.0, span))
-        self._warn = warn or (lambda kind, lifetime: None)
+        # Lifetimes already warned about: each adjustment is logged once, not per token.
+        self._warned: cachetools.LRUCache[tuple[str, float], bool] = cachetools.LRUCache(256)
 
     # -- thresholds ---------------------------------------------------------------------
 
@@ -142,6 +147,19 @@ class Cache:
         if wanted >= lifetime:
             self._warn("threshold", lifetime)
         return effective_threshold(wanted, lifetime, margin), margin
+
+    def _warn(self, kind: str, lifetime: float) -> None:
+        marker = (kind, round(lifetime, 3))
+        if marker in self._warned:
+            return
+        self._warned[marker] = True
+        if kind == "threshold":
+            _log.warning(
+                "swr_token: background_refresh_threshold is at least the token lifetime "
+                "(%.1f s); using half the lifetime instead", lifetime)
+        else:
+            _log.info("swr_token: tokens live only %.1f s, so the margin is a quarter of that",
+                      lifetime)
 
     # -- entries (call with the lock held) ----------------------------------------------
 

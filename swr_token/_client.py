@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from types import TracebackType
 from typing import Any
-
-import cachetools
 
 from . import _fork
 from ._cache import Cache, Entry, Flight, Key
@@ -103,9 +102,7 @@ class TokenClient:
             raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
         self._clock: Clock = clock or SystemClock()
         self._now = self._clock.deadline
-        self._warned: cachetools.LRUCache[tuple[str, float], bool] = cachetools.LRUCache(256)
-        self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries,
-                            warn=self._warn_once)
+        self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries)
         # The hot path reads these dicts without the lock; close() swaps in empty ones.
         self._entries: dict[Key, Entry] = self._cache.entries
         self._by_session: dict[str | None, Entry] = self._cache.by_session
@@ -276,7 +273,7 @@ class TokenClient:
             if self._polling or self._closed:
                 return
             self._polling = True
-        self._timer.call_at(self._now() + self._poll_interval, self._tick)
+        self._schedule_tick(self._now() + self._poll_interval)
         if self._refresher.shared is not None:
             self._refresher.shared.listen(self._accept_broadcast)
 
@@ -302,6 +299,18 @@ class TokenClient:
                 order = (token.issued_at or 0.0, self._refresher.next_seq())
                 self._cache.publish(entry, token, order=order, now=self._now())
 
+    def _schedule_tick(self, when: float) -> None:
+        # Weakly: a client dropped without close() must still be collectable, its poller
+        # stopping with it.
+        client = weakref.ref(self)
+
+        def tick() -> None:
+            alive = client()
+            if alive is not None:
+                alive._tick()
+
+        self._timer.call_at(when, tick)
+
     def _tick(self) -> None:
         """One poller tick: refresh stale keys that are being read; evict dead ones."""
         now = self._now()
@@ -311,7 +320,7 @@ class TokenClient:
             due, _ = self._cache.pop_due(now)
         for entry in due:
             self._refresh_in_background(entry, now)
-        self._timer.call_at(now + self._poll_interval, self._tick)
+        self._schedule_tick(now + self._poll_interval)
 
     # -- management ---------------------------------------------------------------------
 
@@ -364,19 +373,6 @@ class TokenClient:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosedError("this TokenClient is closed; create a new one")
-
-    def _warn_once(self, kind: str, lifetime: float) -> None:
-        marker = (kind, round(lifetime, 3))
-        if marker in self._warned:
-            return
-        self._warned[marker] = True
-        if kind == "threshold":
-            _log.warning(
-                "swr_token: background_refresh_threshold is at least the token lifetime "
-                "(%.1f s); using half the lifetime instead", lifetime)
-        else:
-            _log.info("swr_token: tokens live only %.1f s, so the margin is a quarter of that",
-                      lifetime)
 
     # -- lifecycle ------------------------------------------------------------------------
 

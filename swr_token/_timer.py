@@ -85,9 +85,14 @@ class Timer:
                 if self._closed:
                     return
                 now = self._clock.deadline()
-                if not self._heap or self._heap[0][0] > now:
-                    wait = _MAX_WAIT if not self._heap else min(self._heap[0][0] - now, _MAX_WAIT)
-                    self._cond.wait(wait)
+                if not self._heap:
+                    self._cond.wait(_MAX_WAIT)
+                    if not self._heap:
+                        self._thread = None  # idle: exit; call_at starts a new one
+                        return
+                    continue
+                if self._heap[0][0] > now:
+                    self._cond.wait(min(self._heap[0][0] - now, _MAX_WAIT))
                     continue
                 _, _, fn = heapq.heappop(self._heap)
             self._call(fn)

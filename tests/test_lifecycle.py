@@ -194,3 +194,27 @@ def test_stats_count_what_happened(client: TokenClient, source: FakeSource,
     assert stats["failures"] == 0
     assert stats["entries"] == 1
     assert WAIT
+
+
+def test_a_client_dropped_without_close_is_collected_and_its_poller_stops() -> None:
+    import gc
+    import time
+    import weakref
+
+    import jwt
+
+    def source(_req: object) -> str:
+        now = time.time()
+        return jwt.encode({"iat": now, "exp": now + 60}, "k" * 32, algorithm="HS256")
+
+    client = TokenClient(source, poll_interval=0.05, fetch_timeout=0.2)
+    client.get_token("s")  # starts the poller
+    poller = client._timer._thread
+    assert poller is not None and poller.is_alive()
+    ref = weakref.ref(client)
+    del client
+    gc.collect()
+    assert ref() is None
+    from .conftest import wait_until
+
+    wait_until(lambda: not poller.is_alive(), timeout=5)  # idle, then gone
