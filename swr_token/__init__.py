@@ -4,6 +4,7 @@ A fresh token costs a dictionary read; a stale one is served at once while one b
 refresh runs; only a token about to die makes callers wait, and they share one request.
 """
 
+from ._auth import BearerAuth, bearer_session
 from ._client import TokenClient
 from ._clock import Clock, SystemClock
 from ._errors import (
@@ -21,9 +22,11 @@ from ._retry import RetryPolicy
 from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
 from ._store import TokenStore
 from ._token import Freshness, Token, classify
+from ._verify import JWKSVerifier
 from ._version import __version__
 
 __all__ = [
+    "BearerAuth",
     "ClerkBackendSource",
     "ClientClosedError",
     "Clock",
@@ -31,6 +34,7 @@ __all__ = [
     "DaemonThreadPoolExecutor",
     "Freshness",
     "InvalidTokenError",
+    "JWKSVerifier",
     "OAuth2ClientCredentialsSource",
     "RedisStore",
     "RetryPolicy",
@@ -43,5 +47,6 @@ __all__ = [
     "TokenRequest",
     "TokenStore",
     "__version__",
+    "bearer_session",
     "classify",
 ]
