@@ -18,6 +18,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from swr_token.testing import FakeClock
 from swr_token.testing._issuer import LocalIssuer
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -151,6 +152,19 @@ def test_clock_offset_moves_iat_and_date(issuer: LocalIssuer, http: requests.Ses
     iat = jwt.decode(response.json()["jwt"], options={"verify_signature": False})["iat"]
     assert abs(date - (time.time() - 3600)) < 5
     assert abs(iat - date) <= 1
+
+
+def test_clock_follows_a_fake_clock(http: requests.Session) -> None:
+    clock = FakeClock(wall=1_700_000_000.0)
+    with LocalIssuer(private_key=KEY, clock=clock, clock_offset=-3600) as issuer:
+        first = clerk_post(http, issuer)
+        clock.advance(100.5)
+        second = clerk_post(http, issuer)
+    for response, now in ((first, 1_699_996_400), (second, 1_699_996_500)):
+        date = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+        claims = jwt.decode(response.json()["jwt"], options={"verify_signature": False})
+        assert date == claims["iat"] == now
+        assert claims["exp"] == now + 60
 
 
 def test_clerk_checks_the_secret_and_ended_sessions(

@@ -3,54 +3,39 @@
 :class:`LocalIssuer` serves Clerk-shaped and OAuth2-shaped token endpoints and a JWKS over real
 loopback HTTP, mints RS256 JWTs, and injects faults at runtime (a status, latency, a malformed
 body, a hang, a reset connection), so code is tested against the wire, not against mocks.
+This module holds the issuer's state (keys, credentials, faults, counters);
+:mod:`._issuer_http` speaks HTTP for it.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import email.utils
 import hashlib
-import json
-import logging
-import re
-import secrets
-import selectors
-import socket
-import socketserver
-import struct
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
-from urllib.parse import parse_qs, unquote, unquote_plus
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .._version import __version__
+from ._issuer_http import Server, number
 
 __all__ = ["LocalIssuer", "RecordedRequest"]
 
-logger = logging.getLogger(__name__)
-
-_CLERK_PATH = re.compile(r"^/v1/sessions/([^/]+)/tokens(?:/([^/]+))?$")
 _TOKEN_ENDPOINTS = frozenset({"clerk", "oauth"})
-_CLERK_CODES = {401: "authentication_invalid", 403: "authorization_invalid",
-                404: "resource_not_found", 422: "form_param_format_invalid",
-                429: "too_many_requests"}
-_OAUTH_CODES = {401: "invalid_client", 403: "access_denied", 404: "not_found",
-                429: "too_many_requests", 503: "temporarily_unavailable"}
-_MAX_BODY = 1 << 20
 
 
-def _number(value: float) -> float | int:
-    return int(value) if value == int(value) else value
+class _WallClock(Protocol):
+    """Anything with a ``wall()`` in epoch seconds: ``swr_token.testing.FakeClock``, or the
+    ``SystemClock`` a ``TokenClient`` uses by default."""
+
+    @property
+    def wall(self) -> Callable[[], float]: ...
 
 
 @dataclass(frozen=True, repr=False)
@@ -99,9 +84,12 @@ class LocalIssuer:
     ``lifetime`` and ``clock_offset`` (seconds the issuer's clock is ahead; it moves ``iat``,
     ``exp`` and the ``Date`` header) may be changed at any time, as may ``opaque`` (OAuth2
     access tokens that are not JWTs) and ``oauth_expires_in`` (an ``expires_in`` that differs
-    from the JWT's lifetime). Faults apply to the token endpoints unless ``endpoint=`` names
-    one of ``"clerk"``, ``"oauth"``, ``"jwks"``; each lasts ``count`` requests and/or
-    ``duration`` seconds, or until :meth:`clear_faults`. Thread-safe.
+    from the JWT's lifetime). ``clock`` is the wall clock the issuer mints on (the system
+    clock by default): pass the ``FakeClock`` a ``TokenClient`` runs on, and issued tokens and
+    ``Date`` headers follow the test's time. Faults apply to the token endpoints unless
+    ``endpoint=`` names one of ``"clerk"``, ``"oauth"``, ``"jwks"``; each lasts ``count``
+    requests and/or ``duration`` seconds (real time), or until :meth:`clear_faults`.
+    Thread-safe.
     """
 
     def __init__(
@@ -116,12 +104,14 @@ class LocalIssuer:
         allowed_scopes: Iterable[str] | None = None,
         port: int = 0,
         private_key: rsa.RSAPrivateKey | None = None,
+        clock: _WallClock | None = None,
     ) -> None:
         self.secret_key = secret_key
         self.client_id = client_id
         self.client_secret = client_secret
         self.lifetime = lifetime
         self.clock_offset = clock_offset
+        self._wall: Callable[[], float] = time.time if clock is None else clock.wall
         self.opaque = opaque
         self.oauth_expires_in: float | None = None
         self.allowed_scopes = None if allowed_scopes is None else frozenset(allowed_scopes)
@@ -136,7 +126,7 @@ class LocalIssuer:
         self._connections = 0
         self._log: deque[RecordedRequest] = deque(maxlen=1000)
         self._ended: set[str] = set()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -146,7 +136,7 @@ class LocalIssuer:
         with self._lock:
             if self._server is not None:
                 return self
-            server = _Server(("127.0.0.1", self._port), _Handler, self)
+            server = Server(("127.0.0.1", self._port), self)
             self._port = server.server_address[1]
             self._server = server
         self._thread = threading.Thread(
@@ -161,9 +151,10 @@ class LocalIssuer:
             server, self._server = self._server, None
             if server is None:
                 return
+            # Stopping before releasing: a released hang must see it and drop, not answer.
+            server.stop()
             for fault in (*self._faults, *self._held):
                 fault.released.set()
-        server.stop()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         server.server_close()
@@ -203,15 +194,15 @@ class LocalIssuer:
     # -- tokens ---------------------------------------------------------------------------
 
     def now(self) -> float:
-        """The issuer's clock: the wall clock plus ``clock_offset``."""
-        return time.time() + self.clock_offset
+        """The issuer's clock: its wall clock (``clock``) plus ``clock_offset``."""
+        return self._wall() + self.clock_offset
 
     def mint(self, *, lifetime: float | None = None, **claims: Any) -> str:
         """An RS256 JWT with ``iat``, ``exp``, ``iss``, a unique ``jti``, and ``claims``."""
         iat = int(self.now())
         life = self.lifetime if lifetime is None else lifetime
         exp: float = iat + life
-        payload = {"iss": self.url, "iat": iat, "nbf": iat, "exp": _number(exp),
+        payload = {"iss": self.url, "iat": iat, "nbf": iat, "exp": number(exp),
                    "jti": uuid.uuid4().hex}
         payload.update({k: v for k, v in claims.items() if v is not None})
         return jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.kid})
@@ -342,7 +333,11 @@ class LocalIssuer:
             self._connections = 0
             self._log.clear()
 
-    def _record(self, request: RecordedRequest) -> None:
+    # -- called by the HTTP handler (._issuer_http) -----------------------------------------
+
+    def _record(self, endpoint: str, method: str, path: str, headers: Mapping[str, str],
+                body: bytes, connection: int) -> None:
+        request = RecordedRequest(endpoint, method, path, headers, body, connection)
         with self._lock:
             self._counts[request.endpoint] += 1
             self._log.append(request)
@@ -353,257 +348,20 @@ class LocalIssuer:
             self._connections += 1
             return self._connections
 
+    def _hold(self, fault: _Fault) -> bool:
+        """A request starts hanging on ``fault``; True if it was already released."""
+        with self._lock:
+            self._held.add(fault)
+            return fault.released.is_set()
+
+    def _unhold(self, fault: _Fault) -> None:
+        with self._lock:
+            self._held.discard(fault)
+
+    def _session_ended(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._ended
+
     def __repr__(self) -> str:
         state = "serving" if self._server is not None else "stopped"
         return f"<LocalIssuer {state} port={self._port}>"
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for hung handlers
-    timeout = 0.0  # handle_request() is only called when a connection is waiting
-
-    def __init__(self, address: tuple[str, int], handler: type[_Handler], issuer: LocalIssuer):
-        self.issuer = issuer
-        self.stopping = threading.Event()
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        self._wake_r, self._wake_w = socket.socketpair()
-        super().__init__(address, handler)
-
-    def serve(self) -> None:
-        """Accept until :meth:`stop`; unlike serve_forever, wakes at once when stopped."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.socket, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self.stopping.is_set():
-                for key, _ in selector.select():
-                    if key.fileobj is self.socket and not self.stopping.is_set():
-                        self.handle_request()  # ready: returns at once (timeout 0)
-        self._wake_r.close()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        self._wake_w.close()
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall on DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        with self._open_lock:
-            self._open.add(sock)
-        return sock, address
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        with self._open_lock:
-            open_now, self._open = list(self._open), set()
-        for sock in open_now:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("LocalIssuer: connection from %s ended with an error", client_address,
-                     exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = f"swr_token-LocalIssuer/{__version__}"
-    sys_version = ""
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes: without this, Nagle's algorithm and the
-        # client's delayed ACK add ~40 ms to every answer.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection_number = self.server.issuer._connected()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("LocalIssuer: " + format, *args)
-
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        return email.utils.formatdate(self.server.issuer.now(), usegmt=True)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        issuer = self.server.issuer
-        path = self.path.split("?", 1)[0]
-        endpoint = ("clerk" if _CLERK_PATH.match(path) else "oauth" if path == "/oauth/token"
-                    else "jwks" if path == "/.well-known/jwks.json" else "other")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            self.close_connection = True
-            self._json(413, {"error": "request_too_large"})
-            return
-        body = self.rfile.read(length) if length > 0 else b""
-        issuer._record(RecordedRequest(
-            endpoint, method, self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-            self.connection_number))
-        delay, fault = issuer._take_faults(endpoint)
-        stopping = self.server.stopping
-        if delay is not None and stopping.wait(delay.seconds):
-            self.close_connection = True
-            return
-        if fault is not None and not self._apply(fault, endpoint):
-            return
-        expected = {"clerk": "POST", "oauth": "POST", "jwks": "GET"}.get(endpoint)
-        if expected is None:
-            self._json(404, {"error": "not_found"})
-        elif method != expected:
-            self._json(405, {"error": "method_not_allowed"}, {"Allow": expected})
-        elif endpoint == "clerk":
-            self._clerk(path, body)
-        elif endpoint == "oauth":
-            self._oauth(body)
-        else:
-            self._json(200, issuer.jwks())
-
-    def _apply(self, fault: _Fault, endpoint: str) -> bool:
-        """Act out ``fault``; True if the request should then be answered normally."""
-        if fault.kind == "hang":
-            issuer = self.server.issuer
-            with issuer._lock:
-                issuer._held.add(fault)
-                released = fault.released.is_set() or self.server.stopping.is_set()
-            if not released:
-                left = None if fault.until is None else max(0.0, fault.until - time.monotonic())
-                fault.released.wait(left)
-            with issuer._lock:
-                issuer._held.discard(fault)
-            if self.server.stopping.is_set():
-                self.close_connection = True
-                return False
-            return True
-        self.close_connection = fault.kind == "reset"
-        if fault.kind == "reset":
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.wfile.close()
-            self.connection.close()  # the last reference: the kernel sends RST
-        elif fault.kind == "malformed":
-            self._send(200, fault.body or b"")
-        elif fault.body is not None:
-            self._send(fault.status, fault.body, self._retry_after(fault))
-        else:
-            code = fault.code or (_CLERK_CODES if endpoint == "clerk" else _OAUTH_CODES).get(
-                fault.status, "server_error" if fault.status >= 500 else "invalid_request")
-            self._error(endpoint, fault.status, code, "injected fault", self._retry_after(fault))
-        return False
-
-    @staticmethod
-    def _retry_after(fault: _Fault) -> dict[str, str]:
-        if fault.retry_after is None:
-            return {}
-        value = fault.retry_after
-        return {"Retry-After": value if isinstance(value, str) else f"{value:g}"}
-
-    def _clerk(self, path: str, body: bytes) -> None:
-        issuer = self.server.issuer
-        if self.headers.get("Authorization") != f"Bearer {issuer.secret_key}":
-            self._error("clerk", 401, "authentication_invalid", "Unauthorized request")
-            return
-        match = _CLERK_PATH.match(path)
-        assert match is not None
-        session_id = unquote(match.group(1))
-        with issuer._lock:
-            ended = session_id in issuer._ended
-        if ended:
-            self._error("clerk", 404, "resource_not_found", "Session not found")
-            return
-        lifetime: float | None = None
-        if body.strip():
-            try:
-                params = json.loads(body)
-                lifetime = params.get("expires_in_seconds") if isinstance(params, dict) else None
-            except ValueError:
-                params = None
-            if not isinstance(params, dict) or not (
-                lifetime is None or (isinstance(lifetime, int) and lifetime > 0)):
-                self._error("clerk", 422, "form_param_format_invalid", "Invalid request body")
-                return
-        jwt_ = issuer.mint(lifetime=lifetime, sid=session_id, sub=f"user_{session_id}")
-        self._json(200, {"object": "token", "jwt": jwt_})
-
-    def _oauth(self, body: bytes) -> None:
-        issuer = self.server.issuer
-        form = {k: v[-1] for k, v in parse_qs(body.decode(errors="replace")).items()}
-        basic = self._basic_credentials()
-        posted = (form.get("client_id"), form.get("client_secret"))
-        if basic is not None and posted[1] is not None:
-            self._error("oauth", 400, "invalid_request", "more than one client authentication")
-            return
-        client = basic if basic is not None else posted
-        if client != (issuer.client_id, issuer.client_secret):
-            self._error("oauth", 401, "invalid_client", "client authentication failed",
-                        {"WWW-Authenticate": 'Basic realm="LocalIssuer"'})
-            return
-        if form.get("grant_type") != "client_credentials":
-            self._error("oauth", 400, "unsupported_grant_type", "use client_credentials")
-            return
-        scope = form.get("scope")
-        if scope and issuer.allowed_scopes is not None and not set(scope.split()) <= (
-                issuer.allowed_scopes):
-            self._error("oauth", 400, "invalid_scope", "scope not allowed for this client")
-            return
-        expires_in = issuer.lifetime if issuer.oauth_expires_in is None else (
-            issuer.oauth_expires_in)
-        if issuer.opaque:
-            token = secrets.token_urlsafe(32)
-        else:
-            token = issuer.mint(sub=issuer.client_id, client_id=issuer.client_id,
-                                aud=form.get("audience"), scope=scope)
-        answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer",
-                                  "expires_in": _number(expires_in)}
-        if scope:
-            answer["scope"] = scope
-        self._json(200, answer, {"Pragma": "no-cache"})
-
-    def _basic_credentials(self) -> tuple[str, str] | None:
-        header = self.headers.get("Authorization") or ""
-        if not header.lower().startswith("basic "):
-            return None
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-        except ValueError:
-            return ("", "")
-        user, _, password = decoded.partition(":")
-        return unquote_plus(user), unquote_plus(password)
-
-    def _error(self, endpoint: str, status: int, code: str, message: str,
-               headers: Mapping[str, str] | None = None) -> None:
-        if endpoint == "clerk":
-            doc: dict[str, Any] = {"errors": [{"code": code, "message": message,
-                                               "long_message": message}]}
-        else:
-            doc = {"error": code, "error_description": message}
-        self._json(status, doc, headers)
-
-    def _json(self, status: int, doc: Any, headers: Mapping[str, str] | None = None) -> None:
-        self._send(status, json.dumps(doc).encode(), headers)
-
-    def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
