@@ -58,7 +58,23 @@ def _token(
         ) from exc
 
 
-class ClerkBackendSource:
+class _HttpSource:
+    """What both built-in sources share: one transport (session, timeouts, TLS)."""
+
+    __slots__ = ("_transport",)
+    _transport: Transport
+
+    @property
+    def session(self) -> requests.Session:
+        """The ``requests.Session`` this source sends through."""
+        return self._transport.session
+
+    def close(self) -> None:
+        """Close the HTTP session if this source made it."""
+        self._transport.close()
+
+
+class ClerkBackendSource(_HttpSource):
     """Session tokens from Clerk's Backend API.
 
     ``POST {api_url}/sessions/{session_id}/tokens[/{template}]`` with the instance's secret key
@@ -66,7 +82,7 @@ class ClerkBackendSource:
     with either, or without a session id, is refused before anything is sent.
     """
 
-    __slots__ = ("_api_url", "_expires_in_seconds", "_secret_key", "_transport")
+    __slots__ = ("_api_url", "_expires_in_seconds", "_secret_key")
 
     def __init__(
         self,
@@ -136,15 +152,6 @@ class ClerkBackendSource:
             "api_url points at Clerk's Backend API",
         )
 
-    @property
-    def session(self) -> requests.Session:
-        """The ``requests.Session`` this source sends through."""
-        return self._transport.session
-
-    def close(self) -> None:
-        """Close the HTTP session if this source made it."""
-        self._transport.close()
-
     def __repr__(self) -> str:
         return f"ClerkBackendSource(api_url={display_url(self._api_url)!r}, secret_key='***')"
 
@@ -162,7 +169,7 @@ def _clerk_hint(status: int, code: str | None) -> str:
     return generic_hint(status, code)
 
 
-class OAuth2ClientCredentialsSource:
+class OAuth2ClientCredentialsSource(_HttpSource):
     """Access tokens from an OAuth2 token endpoint with the client-credentials grant.
 
     RFC 6749 section 4.4. Client authentication is HTTP Basic (``client_secret_basic``, the
@@ -173,7 +180,7 @@ class OAuth2ClientCredentialsSource:
 
     __slots__ = (
         "_audience", "_auth_method", "_basic", "_client_id", "_client_secret", "_extra",
-        "_scope", "_token_url", "_transport",
+        "_scope", "_token_url",
     )
 
     _RESERVED = frozenset({"grant_type", "client_id", "client_secret", "scope", "audience"})
@@ -250,15 +257,6 @@ class OAuth2ClientCredentialsSource:
             self._token_url, what=what, authorization=authorization, data=form
         )
         return _access_token(answer, what=what, status=status, server_time=server_time)
-
-    @property
-    def session(self) -> requests.Session:
-        """The ``requests.Session`` this source sends through."""
-        return self._transport.session
-
-    def close(self) -> None:
-        """Close the HTTP session if this source made it."""
-        self._transport.close()
 
     def __repr__(self) -> str:
         return (
