@@ -61,8 +61,8 @@ class Published:
 class Flight:
     """One upstream fetch for a key, possibly several attempts; waiters share its future."""
 
-    __slots__ = ("attempt", "background", "entry", "future", "key", "own", "request", "seq",
-                 "started_at", "stop_at")
+    __slots__ = ("attempt", "background", "entry", "future", "key", "last_error", "own",
+                 "request", "seq", "started_at", "stop_at")
 
     def __init__(self, entry: Entry, *, seq: int, background: bool, own: bool, now: float,
                  stop_at: float | None) -> None:
@@ -75,6 +75,8 @@ class Flight:
         self.own = own
         self.future: Future[Token] = Future()
         self.attempt = 0
+        #: The last failure, raised to the waiters if the fetch runs out of budget.
+        self.last_error: TokenError | None = None
         self.started_at = now
         #: A background refresh gives up here (the critical deadline) unless a caller joins.
         self.stop_at = stop_at

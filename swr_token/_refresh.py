@@ -191,11 +191,16 @@ class Refresher:
             self.pacer.failed(now, error)
         elif isinstance(error, TokenRejectedError) and self.pacer.answered():
             self._release_parked()
+        flight.last_error = error
         wait = self.retry.next_wait(attempt=flight.attempt, started_at=flight.started_at,
                                     now=now, error=error)
         if wait is not None and not flight.future.done():
             due = now + wait
-            if flight.stop_at is None or due < flight.stop_at:
+            # A refresh stops at the critical deadline; a fetch callers wait on at its budget
+            # (giving up now with the real failure beats a time-out later).
+            limit = flight.stop_at if flight.stop_at is not None \
+                else flight.started_at + self.fetch_timeout
+            if due < limit:
                 self.timer.call_at(due, lambda: self.dispatch(flight))
                 return
         self._fail(flight, error, now)
@@ -416,10 +421,12 @@ class Refresher:
         """A waited-on fetch ran past its budget (a hung request): release its waiters."""
         if flight.future.done():
             return
-        self._fail(flight, TokenFetchError(
+        # Waiting for a retry or a pacer slot, the last failure says what is wrong; with a
+        # request hanging in flight, the time-out itself does.
+        error = flight.last_error or TokenFetchError(
             f"fetching a token for {flight.request.describe()} took longer than "
-            f"{self.fetch_timeout:g} s; the issuer may be hanging, try again later"
-        ), self.clock.deadline())
+            f"{self.fetch_timeout:g} s; the issuer may be hanging, try again later")
+        self._fail(flight, error, self.clock.deadline())
 
     def _retire(self, flight: Flight) -> None:
         with self.cache.lock:

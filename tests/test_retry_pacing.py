@@ -192,3 +192,30 @@ def test_failures_are_logged_once_per_streak(clock: FakeClock, source: FakeSourc
             client.get_token("s")
             clock.advance(0.1)
         assert sum("failing" in r.message for r in caplog.records) == 1
+
+
+def test_a_fetch_out_of_budget_raises_the_last_failure_not_a_time_out(clock: FakeClock) -> None:
+    """Found through ``swr-token get --timeout 1``: the budget ran out during a backoff wait
+    and the 503 (with its status) was replaced by a made-up "may be hanging" error."""
+    calls: list[float] = []
+
+    def source(request: object) -> str:
+        calls.append(clock.deadline())
+        raise TokenFetchError("the issuer answered HTTP 503", status=503, retry_after=None)
+
+    with TokenClient(source, clock=clock, fetch_timeout=3.0,
+                     retry=RetryPolicy(wait=tenacity.wait_fixed(2.0))) as client, \
+            pytest.raises(TokenFetchError) as caught:
+        drive(clock, client, lambda: client.get_token("s1"))
+    assert len(calls) == 2  # at 0 s and 2 s; the next would start at 4 s, past the budget
+    assert caught.value.status == 503
+
+
+def test_watchdog_during_a_pacer_wait_raises_the_last_failure(clock: FakeClock) -> None:
+    source = FakeSource(clock)
+    outage = Outage(source)
+    with TokenClient(outage, clock=clock, fetch_timeout=1.5,
+                     retry=RetryPolicy(wait=tenacity.wait_fixed(0.1),
+                                       stop=tenacity.stop_after_attempt(10))) as client, \
+            pytest.raises(TokenFetchError, match="500 from the issuer"):
+        drive(clock, client, lambda: client.get_token("s1"))
