@@ -30,11 +30,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert _setup_commands()[1] in [line.strip() for line in ci]
 
 
-def test_readme_first_command_names_a_file_that_exists() -> None:
-    first = _setup_commands()[0]
-    match = re.search(r"python3 (examples/\S+\.py)", first)
-    if match:
-        assert (ROOT / match.group(1)).exists()
+def test_ci_runs_the_readme_first_command_program() -> None:
+    """CI runs the demo (shortened by --duration) that the first command starts."""
+    program = _setup_commands()[0].split(" && ", 1)[1]
+    assert program == "swr-token demo"
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert any(line.startswith(program + " --duration") for line in ci)
+    setup_cfg = (ROOT / "setup.cfg").read_text()
+    assert re.search(r"^\s*swr-token = swr_token\._cli:main$", setup_cfg, re.M)
 
 
 def _python_blocks() -> list[str]:

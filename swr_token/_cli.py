@@ -1,0 +1,400 @@
+"""The ``swr-token`` command: ``demo``, ``get`` for shell scripts and cron, ``inspect``.
+
+Secrets come only from the environment, a file or stdin: a command line shows in ``ps`` and in
+shell history. No token or secret is ever printed, except the token ``get`` is asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn
+
+from ._errors import (
+    ConfigurationError,
+    InvalidTokenError,
+    TokenError,
+    TokenFetchError,
+    TokenRejectedError,
+)
+from ._version import __version__
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_TRANSIENT = 4
+EXIT_INVALID = 5
+EXIT_INTERRUPTED = 130
+
+_EXIT_CODES = """\
+exit codes:
+  0    ok
+  2    usage: a bad or missing flag, secret, URL or input
+  3    rejected: the issuer refused (credentials, unknown or ended session, bad request);
+       asking again will not help
+  4    transient: network, timeout, HTTP 5xx or 429; try again later
+  5    invalid token: the issuer answered with an unusable token (or inspect got no JWT)
+  130  interrupted (Ctrl-C)"""
+
+_GET_EPILOG = f"""\
+Clerk (a session token):
+  CLERK_SECRET_KEY=... swr-token get --session sess_123 [--template NAME]
+OAuth2 client credentials (an access token):
+  swr-token get --token-url https://auth.example.com/oauth/token --client-id ID \\
+      --secret-file ~/.config/app/client-secret [--scope 'read write'] [--audience API]
+
+In a script:  curl -H "Authorization: Bearer $(swr-token get --session "$SID")" ...
+
+secrets (never a flag: command lines show in ps and shell history), first found wins:
+  --secret-file PATH, --secret-stdin, then CLERK_SECRET_KEY (Clerk) or
+  SWR_TOKEN_CLIENT_SECRET (OAuth2)
+
+stdout holds the token (or the --json document) and nothing else; errors go to stderr
+as one line saying what to do.
+
+{_EXIT_CODES}"""
+
+
+class _UsageError(Exception):
+    """A problem with how the command was called: exit 2, one line on stderr."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as one line on stderr, saying where the help is, then exit 2."""
+
+    commands: dict[str, _Parser]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _env_help(text: str, var: str) -> str:
+    value = os.environ.get(var)
+    return f"{text} (env {var}{'' if value is None else ', set'})"
+
+
+def _build_parser(prog: str) -> _Parser:
+    parser = _Parser(
+        prog=prog, allow_abbrev=False,
+        description="Short-lived auth tokens, served stale-while-revalidate.",
+        epilog="Start with: swr-token demo. Every command has --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"swr_token {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="watch the cache work against a local issuer (about 30 s)",
+        description="Runs a local token issuer on 127.0.0.1 with short-lived tokens and a "
+        "handful of reader threads sharing one TokenClient; shows each key's zone, every "
+        "background refresh, every wait, then a summary. Prints fingerprints, never tokens. "
+        "Ends by itself, or with Ctrl-C (exit 130).",
+        allow_abbrev=False,
+    )
+    demo.add_argument("--duration", type=_positive, default=30.0, metavar="SECONDS",
+                      help="how long to run (default: 30)")
+    demo.add_argument("--fail-for", type=_non_negative, default=0.0, metavar="SECONDS",
+                      help="inject an issuer outage (HTTP 503) of this length mid-run, to "
+                      "show stale serving and recovery (default: none)")
+    demo.add_argument("--lifetime", type=_lifetime, default=12, metavar="SECONDS",
+                      help="token lifetime; the thresholds scale with it (default: 12)")
+    demo.add_argument("--timeline", action="store_true",
+                      help="print a timeline of events even on a terminal (the default when "
+                      "stdout is not a terminal)")
+
+    get = commands.add_parser(
+        "get", help="print a token on stdout, for shell scripts and cron",
+        description="Fetches one token and prints it on stdout. Configure Clerk (--session)\n"
+        "or OAuth2 client credentials (--token-url); every flag can also come from the\n"
+        "environment variable named in its help.",
+        epilog=_GET_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    env = os.environ.get
+    clerk = get.add_argument_group("Clerk Backend API")
+    clerk.add_argument("--session", default=env("SWR_TOKEN_SESSION"), metavar="ID",
+                       help=_env_help("session id, e.g. sess_123", "SWR_TOKEN_SESSION"))
+    clerk.add_argument("--template", default=env("SWR_TOKEN_TEMPLATE"), metavar="NAME",
+                       help=_env_help("JWT template name", "SWR_TOKEN_TEMPLATE"))
+    clerk.add_argument("--api-url", default=env("CLERK_API_URL"), metavar="URL",
+                       help=_env_help("default https://api.clerk.com/v1", "CLERK_API_URL"))
+    oauth = get.add_argument_group("OAuth2 client credentials")
+    oauth.add_argument("--token-url", default=env("SWR_TOKEN_TOKEN_URL"), metavar="URL",
+                       help=_env_help("token endpoint", "SWR_TOKEN_TOKEN_URL"))
+    oauth.add_argument("--client-id", default=env("SWR_TOKEN_CLIENT_ID"), metavar="ID",
+                       help=_env_help("client id", "SWR_TOKEN_CLIENT_ID"))
+    oauth.add_argument("--scope", default=env("SWR_TOKEN_SCOPE"), metavar="SCOPE",
+                       help=_env_help("space-separated scopes", "SWR_TOKEN_SCOPE"))
+    oauth.add_argument("--audience", default=env("SWR_TOKEN_AUDIENCE"), metavar="AUD",
+                       help=_env_help("audience (resource) to ask for", "SWR_TOKEN_AUDIENCE"))
+    secret = get.add_argument_group("secret (never a flag)").add_mutually_exclusive_group()
+    secret.add_argument("--secret-file", metavar="PATH",
+                        help="read the secret from this file (surrounding whitespace ignored)")
+    secret.add_argument("--secret-stdin", action="store_true",
+                        help="read the secret from stdin (prompts without echo on a terminal)")
+    out = get.add_argument_group("output")
+    out.add_argument("--json", action="store_true",
+                     help='print {"token", "expires_at", "remaining", "key"} instead')
+    out.add_argument("--timeout", type=_positive,
+                     default=_env_float("SWR_TOKEN_TIMEOUT", 10.0), metavar="SECONDS",
+                     help=_env_help("give up after this long (default: 10)",
+                                    "SWR_TOKEN_TIMEOUT"))
+    out.add_argument("-v", "--verbose", action="store_true",
+                     help="log what the client does to stderr")
+
+    inspect = commands.add_parser(
+        "inspect", help="decode a token read from stdin: claims and remaining life",
+        description="Reads a token from stdin (not an argument: arguments show in ps) and "
+        "prints its header, claims and remaining life by this machine's clock. The signature "
+        "is NOT verified: do not trust what it shows. Accepts a bare JWT, 'Bearer <jwt>' or "
+        "the output of 'swr-token get --json'. Never prints the token itself.",
+        epilog=f"example:  swr-token get --session sess_123 | swr-token inspect\n\n"
+        f"{_EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.commands = {"demo": demo, "get": get, "inspect": inspect}
+    return parser
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _lifetime(text: str) -> int:
+    if not text.isdigit() or not 3 <= int(text) <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} must be whole seconds from 3 to 3600")
+    return int(text)
+
+
+def _env_float(var: str, default: float) -> float:
+    value = os.environ.get(var)
+    if value is None:
+        return default
+    try:
+        return _positive(value)
+    except argparse.ArgumentTypeError:
+        return default  # _cmd_get reports it as a usage error, with the variable's name
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _say(stream: IO[str], prog: str, message: object) -> None:
+    stream.write(f"{prog}: error: {_one_line(message)}\n")
+    stream.flush()
+
+
+# -- get ------------------------------------------------------------------------------------
+
+
+def _read_secret(args: argparse.Namespace, env_var: str, what: str) -> tuple[str, str]:
+    """The secret and where it came from (for messages; never the secret itself)."""
+    if args.secret_file:
+        where = f"--secret-file {args.secret_file}"
+        try:
+            with open(os.path.expanduser(args.secret_file), encoding="utf-8") as handle:
+                secret = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+            raise _UsageError(f"cannot read {where}: {reason}; give a readable file "
+                              f"holding only the {what}") from None
+    elif args.secret_stdin:
+        where = "--secret-stdin"
+        if sys.stdin is None:
+            raise _UsageError(f"--secret-stdin was given but there is no stdin; pipe the "
+                              f"{what} in or use --secret-file PATH")
+        if sys.stdin.isatty():
+            secret = getpass.getpass(f"{what}: ", stream=sys.stderr).strip()
+        else:
+            secret = sys.stdin.read().strip()
+    else:
+        where = env_var
+        secret = os.environ.get(env_var, "").strip()
+        if not secret:
+            raise _UsageError(f"no {what}: set {env_var}, or pass --secret-file PATH or "
+                              "--secret-stdin (never a flag: command lines show in ps)")
+    if not secret:
+        raise _UsageError(f"the {what} from {where} is empty; put the {what} there")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in secret):
+        raise _UsageError(f"the {what} from {where} contains whitespace or control "
+                          f"characters; it must hold only the {what}, on one line")
+    return secret, where
+
+
+def _build_source(args: argparse.Namespace) -> tuple[Any, dict[str, str | None], str]:
+    """The source, the key to ask for and where the secret came from."""
+    from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
+
+    if args.session and args.token_url:
+        raise _UsageError("both a Clerk session (--session / SWR_TOKEN_SESSION) and an OAuth2 "
+                          "token URL (--token-url / SWR_TOKEN_TOKEN_URL) are set; give one")
+    if args.token_url:
+        if "--template" in args.given:
+            raise _UsageError("--template is for Clerk (--session); OAuth2 takes --scope "
+                              "and --audience")
+        if not args.client_id:
+            raise _UsageError("OAuth2 needs a client id: pass --client-id ID or set "
+                              "SWR_TOKEN_CLIENT_ID")
+        secret, where = _read_secret(args, "SWR_TOKEN_CLIENT_SECRET", "client secret")
+        source: Any = OAuth2ClientCredentialsSource(
+            args.token_url, args.client_id, secret, scope=args.scope)
+        key = {"session_id": None, "template": None, "audience": args.audience or None}
+        return source, key, where
+    if args.session:
+        for flag in ("--client-id", "--scope", "--audience"):
+            if flag in args.given:
+                raise _UsageError(f"{flag} is for OAuth2 (--token-url); Clerk takes "
+                                  "--session, --template and --api-url")
+        secret, where = _read_secret(args, "CLERK_SECRET_KEY", "Clerk secret key")
+        source = ClerkBackendSource(secret, api_url=args.api_url or "https://api.clerk.com/v1")
+        key = {"session_id": args.session, "template": args.template or None, "audience": None}
+        return source, key, where
+    raise _UsageError("say which token: --session ID for Clerk (with CLERK_SECRET_KEY) or "
+                      "--token-url URL --client-id ID for OAuth2 (or their environment "
+                      "variables)")
+
+
+def _cmd_get(args: argparse.Namespace, prog: str) -> int:
+    from ._client import TokenClient
+
+    if os.environ.get("SWR_TOKEN_TIMEOUT") is not None:
+        try:
+            _positive(os.environ["SWR_TOKEN_TIMEOUT"])
+        except argparse.ArgumentTypeError as exc:
+            raise _UsageError(f"SWR_TOKEN_TIMEOUT: {exc}") from None
+    logger = logging.getLogger("swr_token")
+    if args.verbose:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s %(message)s"))
+        logger.setLevel(logging.DEBUG)
+    else:
+        handler = logging.NullHandler()  # nothing on stderr but the one-line error
+    logger.addHandler(handler)
+    where = ""
+    try:
+        source, key, where = _build_source(args)
+        try:
+            with TokenClient(source, fetch_timeout=args.timeout) as client:
+                info = client.get_token_info(
+                    key["session_id"], template=key["template"], audience=key["audience"],
+                    timeout=args.timeout)
+        finally:
+            source.close()
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from None
+    except TokenRejectedError as exc:
+        hint = f" (the secret came from {where})" if exc.status in (401, 403) else ""
+        _say(sys.stderr, prog, f"{exc}{hint}")
+        return EXIT_REJECTED
+    except InvalidTokenError as exc:
+        _say(sys.stderr, prog, exc)
+        return EXIT_INVALID
+    except TokenFetchError as exc:
+        _say(sys.stderr, prog, f"{exc} [gave up after retrying; run again later, or raise "
+             "--timeout]")
+        return EXIT_TRANSIENT
+    except TokenError as exc:
+        _say(sys.stderr, prog, exc)
+        return EXIT_ERROR
+    finally:
+        logger.removeHandler(handler)
+    if args.json:
+        document = {
+            "token": info.raw,
+            "expires_at": round(info.expires_at, 3),
+            "remaining": round(info.remaining(), 3),
+            "key": {"session_id": key["session_id"], "template": key["template"],
+                    "organization_id": None, "audience": key["audience"]},
+        }
+        sys.stdout.write(json.dumps(document) + "\n")
+    else:
+        sys.stdout.write(info.raw + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _reject_unknown(parser: _Parser, extra: Sequence[str]) -> NoReturn:
+    """Name unknown options without their values: a mistyped ``--secret X`` must not echo."""
+    names = sorted({arg.split("=", 1)[0] for arg in extra if arg.startswith("-")})
+    if any("secret" in name or "key" in name or "password" in name for name in names):
+        parser.error(f"unknown option {', '.join(names)}: secrets are never taken from flags "
+                     "(they show in ps and shell history); use the environment, "
+                     "--secret-file PATH or --secret-stdin")
+    if names:
+        parser.error(f"unknown option {', '.join(names)} (values not shown)")
+    parser.error(f"{len(extra)} unexpected argument(s) (not shown); flags take one value each")
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "swr-token") -> int:
+    """Run the command line; returns the exit status."""
+    parser = _build_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            args, extra = parser.parse_known_args(argv)
+            args.given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+            if extra:
+                _reject_unknown(parser.commands.get(args.command, parser), extra)
+        except SystemExit as exc:  # --help, --version, a usage error: already reported
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        sub = f"{prog} {args.command}"
+        try:
+            if args.command == "get":
+                return _cmd_get(args, sub)
+            if args.command == "inspect":
+                from ._inspect import inspect_stdin
+
+                return inspect_stdin(as_json=args.json, prog=sub)
+            from ._demo import DemoOptions, run_demo
+
+            return run_demo(DemoOptions(
+                duration=args.duration, fail_for=args.fail_for, lifetime=args.lifetime,
+                live=sys.stdout.isatty() and not args.timeline,
+                color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")), sys.stdout)
+        except _UsageError as exc:
+            _say(sys.stderr, sub, exc)
+            return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`swr-token demo | head`): nothing left to say to it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR

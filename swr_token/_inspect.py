@@ -1,0 +1,124 @@
+"""``swr-token inspect``: decode a token read from stdin, without verifying it.
+
+The token comes from stdin, never an argument (arguments show in ``ps``), and is never printed
+back: only its fingerprint, header, claims and remaining life.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from typing import Any
+
+import jwt
+
+from ._token import fingerprint
+
+__all__ = ["inspect_stdin"]
+
+_NOT_VERIFIED = "not verified: the signature was not checked; do not trust these claims"
+_TIMES = ("exp", "iat", "nbf", "auth_time")
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _read_token(text: str) -> str:
+    """A bare JWT, ``Bearer <jwt>``, or the JSON that ``swr-token get --json`` prints."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise _Refused("stdin holds neither a JWT nor JSON with a 'token'", 5) from None
+        token = document.get("token") if isinstance(document, dict) else None
+        if not isinstance(token, str):
+            raise _Refused("the JSON on stdin has no 'token' string; pipe in the output of "
+                           "'swr-token get --json' or a bare JWT", 5)
+        text = token.strip()
+    if text[:7].lower() == "bearer ":
+        text = text[7:].strip()
+    if not text:
+        raise _Refused("no token on stdin; pipe one in, for example: "
+                       "swr-token get --session ID | swr-token inspect", 2)
+    return text
+
+
+def _when(epoch: float, now: float) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return "(out of range)"
+    delta = epoch - now
+    ago = f"in {delta:.0f} s" if delta >= 0 else f"{-delta:.0f} s ago"
+    return f"{moment:%Y-%m-%d %H:%M:%SZ} ({ago})"
+
+
+def _decode(raw: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        header = jwt.get_unverified_header(raw)
+        claims = jwt.decode(raw, options={
+            "verify_signature": False, "verify_exp": False, "verify_iat": False,
+            "verify_nbf": False, "verify_aud": False, "verify_iss": False})
+    except jwt.PyJWTError:
+        raise _Refused("stdin does not hold a JWT; an opaque token carries no claims to "
+                       "inspect (ask the issuer's introspection endpoint)", 5) from None
+    return header, claims
+
+
+def _report(raw: str, header: dict[str, Any], claims: dict[str, Any], now: float) -> list[str]:
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    lines = [_NOT_VERIFIED, f"fingerprint  {fingerprint(raw)}",
+             "header       " + "  ".join(f"{k}={v}" for k, v in sorted(header.items())),
+             "claims"]
+    width = max((len(str(name)) for name in claims), default=0)
+    for name, value in claims.items():
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        moment = _number(value)
+        if name in _TIMES and moment is not None:
+            shown = f"{shown}  {_when(moment, now)}"
+        lines.append(f"  {name:<{width}}  {shown}")
+    if exp is None:
+        lines.append("remaining    unknown: no numeric 'exp' claim")
+    elif exp <= now:
+        lines.append(f"remaining    none: expired {now - exp:.0f} s ago (by this machine's clock)")
+    else:
+        of = f" of {exp - iat:.0f} s" if iat is not None else ""
+        lines.append(f"remaining    {exp - now:.0f} s{of} (by this machine's clock)")
+    return lines
+
+
+def inspect_stdin(*, as_json: bool, prog: str) -> int:
+    """Read a token from stdin and print what it says; the exit status (0, 2 or 5)."""
+    stdin = sys.stdin
+    if stdin is not None and stdin.isatty():
+        sys.stderr.write(f"{prog}: paste a token, then press Enter and Ctrl-D\n")
+    try:
+        raw = _read_token(stdin.read() if stdin is not None else "")
+        header, claims = _decode(raw)
+    except _Refused as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return exc.status
+    now = time.time()
+    if as_json:
+        exp = _number(claims.get("exp"))
+        document = {
+            "verified": False, "fingerprint": fingerprint(raw), "header": header,
+            "claims": claims, "remaining": None if exp is None else round(exp - now, 3),
+            "expired": None if exp is None else exp <= now,
+        }
+        sys.stdout.write(json.dumps(document, default=str) + "\n")
+    else:
+        sys.stdout.write("\n".join(_report(raw, header, claims, now)) + "\n")
+    return 0
