@@ -168,6 +168,7 @@ class Refresher:
             self._retire(flight)
             return
         flight.attempt += 1
+        paced = self.pacer.paced()
         try:
             token, from_source = self._fetch(flight)
         except TokenError as exc:
@@ -194,6 +195,10 @@ class Refresher:
         flight.last_error = error
         wait = self.retry.next_wait(attempt=flight.attempt, started_at=flight.started_at,
                                     now=now, error=error)
+        if paced and transient and not (flight.background and flight.stop_at is not None):
+            # The source was already failing before this attempt: callers with nothing
+            # servable get the failure now instead of waiting out more paced attempts.
+            wait = None
         if wait is not None and not flight.future.done():
             due = now + wait
             # A refresh stops at the critical deadline; a fetch callers wait on at its budget

@@ -219,3 +219,18 @@ def test_watchdog_during_a_pacer_wait_raises_the_last_failure(clock: FakeClock) 
                                        stop=tenacity.stop_after_attempt(10))) as client, \
             pytest.raises(TokenFetchError, match="500 from the issuer"):
         drive(clock, client, lambda: client.get_token("s1"))
+
+
+def test_in_a_steady_outage_a_waited_on_fetch_makes_one_paced_attempt(clock: FakeClock) -> None:
+    source = FakeSource(clock)
+    outage = Outage(source)
+    with TokenClient(outage, clock=clock) as client:
+        with pytest.raises(TokenFetchError):  # a fresh outage: the quick retries, then a slot
+            drive(clock, client, lambda: client.get_token("a"))
+        assert len(source.calls) == 4
+        clock.advance(2.0)  # past the fail-fast window
+        started = clock.deadline()
+        with pytest.raises(TokenFetchError, match="500"):
+            drive(clock, client, lambda: client.get_token("b"))
+        assert len(source.calls) == 5  # one paced attempt, then the failure at once
+        assert clock.deadline() - started <= 1.3 + 0.05  # at most one pacer slot of waiting
