@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from swr_token import Token, TokenClient, TokenRequest
-from swr_token.testing import FakeClock, InlineExecutor
+from swr_token.testing import FakeClock, InlineExecutor, LocalIssuer
 
 from .redis_server import RedisServer
 
@@ -145,3 +145,17 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_issuer() -> Iterator[LocalIssuer]:
+    """One real loopback issuer per test module (RSA key generation is the slow part)."""
+    with LocalIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture
+def issuer(module_issuer: LocalIssuer) -> Iterator[LocalIssuer]:
+    """The module's issuer, with any fault a test injected cleared afterwards."""
+    yield module_issuer
+    module_issuer.clear_faults()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +74,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str] | Ran, code: int) -> s
     assert "error: " in proc.stderr
     assert not JWT.search(proc.stderr)
     return proc.stderr
-
-
-@pytest.fixture(scope="module")
-def module_issuer() -> Iterator[LocalIssuer]:
-    with LocalIssuer() as issuer:
-        yield issuer
-
-
-@pytest.fixture
-def issuer(module_issuer: LocalIssuer) -> Iterator[LocalIssuer]:
-    yield module_issuer
-    module_issuer.clear_faults()
 
 
 @pytest.fixture

@@ -32,18 +32,6 @@ TIMEOUT = 10.0  # upper bound for any wait here
 
 
 @pytest.fixture(scope="module")
-def module_issuer() -> Iterator[LocalIssuer]:
-    with LocalIssuer() as issuer:
-        yield issuer
-
-
-@pytest.fixture
-def issuer(module_issuer: LocalIssuer) -> Iterator[LocalIssuer]:
-    yield module_issuer
-    module_issuer.clear_faults()
-
-
-@pytest.fixture(scope="module")
 def upstream(module_issuer: LocalIssuer) -> Iterator[str]:
     with upstream_stub.running(module_issuer.jwks_url) as url:
         yield url
