@@ -97,6 +97,9 @@ class Refresher:
         #: Keys whose refresh the pacer refused, oldest first. While the source is failing,
         #: one of them is retried at each pacer slot (the probe); a success releases them all.
         self.parked: dict[Entry, None] = {}
+        #: Fetches callers wait on, queued for the pacer's next slot; started at once when
+        #: the source recovers instead.
+        self.slot_waiters: set[Flight] = set()
         self._probe_due = False
         self.closed = False
         self._seq = itertools.count(1)
@@ -138,7 +141,9 @@ class Refresher:
             if refreshing:
                 self._park(flight, error)
             elif slot < flight.started_at + self.fetch_timeout:
-                self.timer.call_at(slot, lambda: self.dispatch(flight))
+                with self.cache.lock:
+                    self.slot_waiters.add(flight)
+                self.timer.call_at(slot, lambda: self._slot_due(flight))
             else:
                 self._fail(flight, error, now)
             return
@@ -401,14 +406,26 @@ class Refresher:
                 return
         self.dispatch(flight)
 
+    def _slot_due(self, flight: Flight) -> None:
+        with self.cache.lock:
+            if flight not in self.slot_waiters:
+                return  # already started when the source recovered
+            self.slot_waiters.discard(flight)
+        self.dispatch(flight)
+
     def _release_parked(self) -> None:
-        """The source recovered: every parked key may refresh now (reads and the poller)."""
+        """The source recovered: every parked key may refresh now (reads and the poller),
+        and fetches that callers wait on go now rather than at their pacer slot."""
         now = self.clock.deadline()
         with self.cache.lock:
             for entry in self.parked:
                 if entry.resolved is not None:
                     self.cache.push_due(now, 0, entry, entry.resolved)
             self.parked.clear()
+            waiting = list(self.slot_waiters)
+            self.slot_waiters.clear()
+        for flight in waiting:
+            self.dispatch(flight)
 
     def _back_off(self, entry: Entry, now: float) -> None:
         entry.backoff_until = now + jittered_backoff(entry.streak)
@@ -451,6 +468,7 @@ class Refresher:
     def reset_after_fork(self) -> None:
         self.flights = set()
         self.parked = {}
+        self.slot_waiters = set()
         self._probe_due = False
 
 

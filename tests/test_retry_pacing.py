@@ -234,3 +234,25 @@ def test_in_a_steady_outage_a_waited_on_fetch_makes_one_paced_attempt(clock: Fak
             drive(clock, client, lambda: client.get_token("b"))
         assert len(source.calls) == 5  # one paced attempt, then the failure at once
         assert clock.deadline() - started <= 1.3 + 0.05  # at most one pacer slot of waiting
+
+
+def test_a_fetch_waiting_for_a_pacer_slot_starts_at_once_when_the_source_recovers(
+        clock: FakeClock) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .conftest import WAIT, wait_until
+
+    source = FakeSource(clock)
+    outage = Outage(source)
+    with TokenClient(outage, clock=clock) as client:
+        with pytest.raises(TokenFetchError):
+            drive(clock, client, lambda: client.get_token("a"))  # now paced
+        calls = len(source.calls)
+        with ThreadPoolExecutor(1) as caller:
+            waiting = caller.submit(client.get_token, "b", timeout=WAIT)
+            wait_until(lambda: len(client._refresher.slot_waiters) == 1)  # queued for a slot
+            outage.down = False
+            fresh = client.get_token("c", skip_cache=True)  # any success ends the outage
+            token = waiting.result(WAIT)  # ...and "b" went without its slot coming
+        assert token and fresh and token != fresh
+        assert len(source.calls) == calls + 2
