@@ -74,8 +74,8 @@ def plot(result: Result, path: Path) -> Path:
                markerscale=4, ncol=4, frameon=False)
     s = result.settings
     fig.suptitle(f"{result.scenario}: per-call get_token latency, {s['threads']} threads, "
-                 f"{s['token_lifetime_s']:g} s tokens; max = after the first token; "
-                 "dashed: 50 ms", fontsize=9, x=0.02, y=0.995, ha="left")
+                 f"{s['token_lifetime_s']:g} s tokens\nmax = after the first token; "
+                 "dashed: 50 ms", fontsize=9, x=0.02, y=0.995, ha="left", va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -41,8 +41,8 @@ _EXPIRE = 1  # the token is dead (or the entry empty): evict the entry if nothin
 class Published:
     """An immutable snapshot of one cached token with the thresholds that apply to it."""
 
-    __slots__ = ("deadline", "fresh_from", "margin", "order", "raw", "received_at", "threshold",
-                 "token")
+    __slots__ = ("deadline", "fresh_from", "fresh_until", "margin", "order", "raw",
+                 "received_at", "threshold", "token")
 
     def __init__(self, token: Token, *, threshold: float, margin: float, received_at: float,
                  order: tuple[float, int]) -> None:
@@ -51,9 +51,16 @@ class Published:
         self.deadline = token.deadline
         self.threshold = threshold
         self.margin = margin
-        # The hot path's one comparison, ``remaining >= fresh_from``, must agree with
-        # classify(): at the floor (threshold == margin) the margin itself is critical.
+        # The hot path's one comparison, ``now <= fresh_until``, must never serve a token
+        # classify() would not call fresh: at the floor (threshold == margin) the margin
+        # itself is critical, and float rounding of ``deadline - fresh_from`` is stepped down
+        # until ``now <= fresh_until`` implies ``deadline - now >= fresh_from`` (subtraction
+        # is monotonic). A boundary case it misses falls through to the slow path.
         self.fresh_from = threshold if threshold > margin else math.nextafter(margin, math.inf)
+        fresh_until = self.deadline - self.fresh_from
+        while self.deadline - fresh_until < self.fresh_from:
+            fresh_until = math.nextafter(fresh_until, -math.inf)
+        self.fresh_until = fresh_until
         self.received_at = received_at
         self.order = order
 

@@ -159,7 +159,7 @@ class TokenClient:
             snap = entry.resolved
             if snap is not None:
                 now = self._now()
-                if snap.deadline - now >= snap.fresh_from:
+                if now <= snap.fresh_until:  # remaining >= threshold, precomputed
                     entry.last_read = now  # a plain store: "read since its fetch"
                     self._counters.hits += 1
                     return snap.raw

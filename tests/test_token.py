@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jwt
 import pytest
 
@@ -166,3 +168,26 @@ def test_opaque_token_with_expires_in() -> None:
     token = Token("opaque-access-token", expires_in=300)
     assert token.claims == {}
     assert token.issued_at is None
+
+
+def test_hot_path_bound_never_serves_what_classify_would_not() -> None:
+    """The precomputed ``fresh_until`` agrees with classify() at and around every boundary,
+    including awkward floats and the threshold at its floor."""
+    import random
+
+    from swr_token._cache import Published
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        deadline = rng.uniform(0, 1e7)
+        margin = rng.choice([5.0, 0.1, rng.uniform(0, 10)])
+        threshold = rng.choice([margin, margin + rng.uniform(0, 20)])
+        token = Token(_jwt({"iat": NOW, "exp": NOW + 60})).received(
+            deadline_now=deadline - 60, deadline_clock=lambda: 0.0, wall_now=NOW,
+            started_wall_now=NOW)
+        snap = Published(token, threshold=threshold, margin=margin, received_at=0.0,
+                         order=(0.0, 0))
+        for now in (snap.fresh_until, math.nextafter(snap.fresh_until, math.inf),
+                    token.deadline - threshold, token.deadline - margin):
+            if now <= snap.fresh_until:
+                assert classify(token.deadline - now, threshold, margin) is F
