@@ -24,6 +24,7 @@ from ._errors import (
     TokenFetchError,
     TokenRejectedError,
 )
+from ._parking import Parking
 from ._request import TokenRequest
 from ._retry import RetryPolicy, SourcePacer, jittered_backoff
 from ._store import SharedStore
@@ -94,13 +95,8 @@ class Refresher:
         self.verifier = verifier
         self.shared = shared
         self.flights: set[Flight] = set()
-        #: Keys whose refresh the pacer refused, oldest first. While the source is failing,
-        #: one of them is retried at each pacer slot (the probe); a success releases them all.
-        self.parked: dict[Entry, None] = {}
-        #: Fetches callers wait on, queued for the pacer's next slot; started at once when
-        #: the source recovers instead.
-        self.slot_waiters: set[Flight] = set()
-        self._probe_due = False
+        #: Parked refreshes and slot waiters while the source is paced (``_parking``).
+        self.parking = Parking(self)
         self.closed = False
         self._seq = itertools.count(1)
 
@@ -141,9 +137,7 @@ class Refresher:
             if refreshing:
                 self._park(flight, error)
             elif slot < flight.started_at + self.fetch_timeout:
-                with self.cache.lock:
-                    self.slot_waiters.add(flight)
-                self.timer.call_at(slot, lambda: self._slot_due(flight))
+                self.parking.wait_for_slot(flight, slot)
             else:
                 self._fail(flight, error, now)
             return
@@ -186,7 +180,7 @@ class Refresher:
             error.__cause__ = exc
         else:
             if from_source and self.pacer.answered():
-                self._release_parked()
+                self.parking.release()
             self._succeed(flight, token)
             return
         now = self.clock.deadline()
@@ -196,7 +190,7 @@ class Refresher:
                 _log.warning("swr_token: token source failing: %s", error)
             self.pacer.failed(now, error)
         elif isinstance(error, TokenRejectedError) and self.pacer.answered():
-            self._release_parked()
+            self.parking.release()
         flight.last_error = error
         wait = self.retry.next_wait(attempt=flight.attempt, started_at=flight.started_at,
                                     now=now, error=error)
@@ -356,11 +350,9 @@ class Refresher:
                          TokenRequest(*entry.key).describe(), error)
         snap = entry.resolved
         if background and snap is not None and self.pacer.paced():
-            self._park_entry(entry)
+            self.parking.park(entry)
         elif snap is not None and snap.deadline - snap.margin > entry.backoff_until:
             self.cache.push_due(entry.backoff_until, 0, entry, snap)
-
-    # -- parking while the source is paced ----------------------------------------------
 
     def _park(self, flight: Flight, error: TokenError) -> None:
         """A refresh the pacer refused: no request, no growing backoff; wait for a probe."""
@@ -369,63 +361,8 @@ class Refresher:
             if flight.entry.flight is flight:
                 flight.entry.flight = None
                 if flight.entry.resolved is not None:
-                    self._park_entry(flight.entry)
+                    self.parking.park(flight.entry)
         _settle(flight, None, error)
-
-    def _park_entry(self, entry: Entry) -> None:
-        # Called with the lock held. The key stays quiet (a long backoff) until a probe
-        # succeeds, which voids every backoff taken before it (``backoff_epoch``).
-        self.parked.pop(entry, None)
-        self.parked[entry] = None
-        entry.backoff_until = self.clock.deadline() + jittered_backoff(6)
-        entry.backoff_epoch = self.pacer.recoveries
-        if not self._probe_due:
-            self._probe_due = True
-            self.timer.call_at(self.pacer.next_slot, self._probe)
-
-    def _probe(self) -> None:
-        """At the pacer's next slot, retry the refresh of the longest-parked key."""
-        flight = None
-        with self.cache.lock:
-            self._probe_due = False
-            if self.closed:
-                return
-            if not self.pacer.paced():
-                self.parked.clear()
-                return
-            now = self.clock.deadline()
-            while self.parked and flight is None:
-                entry = next(iter(self.parked))
-                del self.parked[entry]
-                snap = entry.resolved
-                if (snap is None or entry.flight is not None or snap.deadline - snap.margin <= now
-                        or self.cache.entries.get(entry.key) is not entry):
-                    continue  # refreshed, dropped, critical (callers take over) or evicted
-                flight = self.start(entry, background=True, stop_at=snap.deadline - snap.margin)
-            if flight is None:
-                return
-        self.dispatch(flight)
-
-    def _slot_due(self, flight: Flight) -> None:
-        with self.cache.lock:
-            if flight not in self.slot_waiters:
-                return  # already started when the source recovered
-            self.slot_waiters.discard(flight)
-        self.dispatch(flight)
-
-    def _release_parked(self) -> None:
-        """The source recovered: every parked key may refresh now (reads and the poller),
-        and fetches that callers wait on go now rather than at their pacer slot."""
-        now = self.clock.deadline()
-        with self.cache.lock:
-            for entry in self.parked:
-                if entry.resolved is not None:
-                    self.cache.push_due(now, 0, entry, entry.resolved)
-            self.parked.clear()
-            waiting = list(self.slot_waiters)
-            self.slot_waiters.clear()
-        for flight in waiting:
-            self.dispatch(flight)
 
     def _back_off(self, entry: Entry, now: float) -> None:
         entry.backoff_until = now + jittered_backoff(entry.streak)
@@ -467,9 +404,7 @@ class Refresher:
 
     def reset_after_fork(self) -> None:
         self.flights = set()
-        self.parked = {}
-        self.slot_waiters = set()
-        self._probe_due = False
+        self.parking.reset_after_fork()
 
 
 def _settle(flight: Flight, token: Token | None, error: BaseException | None) -> None:
