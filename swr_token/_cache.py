@@ -251,13 +251,12 @@ class Cache:
     def push_due(self, when: float, kind: int, entry: Entry, snap: Published | None) -> None:
         heapq.heappush(self._due, (when, next(self._seq), kind, entry, snap))
 
-    def pop_due(self, now: float) -> tuple[list[Entry], int]:
-        """Pop due records: return the entries to refresh, and how many were evicted.
+    def pop_due(self, now: float) -> list[Entry]:
+        """Pop due records: return the entries to refresh; evict dead ones on the way.
 
         Cost is proportional to the records that fall due, not to the number of keys.
         """
         refresh: list[Entry] = []
-        evicted = 0
         due = self._due
         while due and due[0][0] <= now:
             _, _, kind, entry, snap = heapq.heappop(due)
@@ -274,16 +273,9 @@ class Cache:
                 if entry.flight is None and (snap is None or snap.deadline <= now) \
                         and entry.fail_until <= now:
                     self._remove(entry)
-                    evicted += 1
                 elif entry.resolved is snap:
                     self.push_due(max(now, entry.fail_until) + 1.0, _EXPIRE, entry, snap)
-        return refresh, evicted
-
-    def next_due(self) -> float | None:
-        return self._due[0][0] if self._due else None
-
-    def due_count(self) -> int:
-        return len(self._due)
+        return refresh
 
     def clear(self) -> None:
         self.entries = {}

@@ -317,7 +317,7 @@ class TokenClient:
         with self._cache.lock:
             if self._closed:
                 return
-            due, _ = self._cache.pop_due(now)
+            due = self._cache.pop_due(now)
         for entry in due:
             self._refresh_in_background(entry, now)
         self._schedule_tick(now + self._poll_interval)
