@@ -2,11 +2,17 @@
 
 A fresh token costs a dictionary read; a stale one is served at once while one background
 refresh runs; only a token about to die makes callers wait, and they share one request.
+
+The public names are imported on first use (PEP 562), so ``import swr_token`` for the engine
+alone does not load the HTTP stack, and a cached ``swr-token get`` starts fast.
 """
 
-from ._auth import BearerAuth, bearer_session
-from ._client import TokenClient
-from ._clock import Clock, SystemClock
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
@@ -15,15 +21,20 @@ from ._errors import (
     TokenFetchError,
     TokenRejectedError,
 )
-from ._executor import DaemonThreadPoolExecutor
-from ._redis import RedisStore
-from ._request import TokenRequest
-from ._retry import RetryPolicy
-from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
-from ._store import TokenStore
-from ._token import Freshness, Token, classify
-from ._verify import JWKSVerifier
 from ._version import __version__
+
+if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
+    from ._auth import BearerAuth, bearer_session
+    from ._client import TokenClient
+    from ._clock import Clock, SystemClock
+    from ._executor import DaemonThreadPoolExecutor
+    from ._redis import RedisStore
+    from ._request import TokenRequest
+    from ._retry import RetryPolicy
+    from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
+    from ._store import TokenStore
+    from ._token import Freshness, Token, classify
+    from ._verify import JWKSVerifier
 
 __all__ = [
     "BearerAuth",
@@ -50,3 +61,36 @@ __all__ = [
     "bearer_session",
     "classify",
 ]
+
+# Public name -> the private module defining it.
+_LAZY = {
+    "BearerAuth": "_auth",
+    "bearer_session": "_auth",
+    "TokenClient": "_client",
+    "Clock": "_clock",
+    "SystemClock": "_clock",
+    "DaemonThreadPoolExecutor": "_executor",
+    "RedisStore": "_redis",
+    "TokenRequest": "_request",
+    "RetryPolicy": "_retry",
+    "ClerkBackendSource": "_sources",
+    "OAuth2ClientCredentialsSource": "_sources",
+    "TokenStore": "_store",
+    "Freshness": "_token",
+    "Token": "_token",
+    "classify": "_token",
+    "JWKSVerifier": "_verify",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swr_token' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -12,8 +12,6 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jwt
-
 from ._errors import InvalidTokenError
 
 __all__ = [
@@ -131,6 +129,8 @@ def _numeric_claim(claims: Mapping[str, Any], name: str) -> float | None:
 def _decode_jwt(raw: str) -> dict[str, Any] | None:
     if raw.count(".") != 2:
         return None
+    import jwt  # on first use: a cached CLI call and the engine's import stay light
+
     try:
         claims = jwt.decode(
             raw,
