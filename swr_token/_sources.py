@@ -17,6 +17,7 @@ import requests
 
 from ._errors import ConfigurationError, InvalidTokenError, TokenRejectedError
 from ._http import DEFAULT_TIMEOUT, Transport, check_url, display_url, generic_hint
+from ._identity import clerk_identity, oauth2_identity
 from ._request import TokenRequest
 from ._token import Token
 
@@ -152,6 +153,12 @@ class ClerkBackendSource(_HttpSource):
             "api_url points at Clerk's Backend API",
         )
 
+    @property
+    def identity(self) -> str:
+        """A stable, non-secret name for this source (API URL and a keyed hash of the
+        secret key): shared stores keep each source's tokens apart by it."""
+        return clerk_identity(self._api_url, self._secret_key)
+
     def __repr__(self) -> str:
         return f"ClerkBackendSource(api_url={display_url(self._api_url)!r}, secret_key='***')"
 
@@ -257,6 +264,13 @@ class OAuth2ClientCredentialsSource(_HttpSource):
             self._token_url, what=what, authorization=authorization, data=form
         )
         return _access_token(answer, what=what, status=status, server_time=server_time)
+
+    @property
+    def identity(self) -> str:
+        """A stable, non-secret name for this source (token URL, client id, scope, audience
+        and a keyed hash of the client secret): shared stores keep sources apart by it."""
+        return oauth2_identity(self._token_url, self._client_id, self._client_secret,
+                               scope=self._scope, audience=self._audience)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,57 @@
+"""Stable, non-secret names for token sources, so shared stores never mix two issuers' tokens.
+
+An identity reads like ``clerk https://api.clerk.com/v1 #3f9a...``: the kind, the endpoint
+without user-info or query, the non-secret settings that change which token is minted, and a
+truncated HMAC-SHA256 of the credential (with the full URL) under a fixed label. Two sources
+with a different instance, client or credential get different identities; the credential
+cannot be read back from one. No imports beyond the standard library: the CLI computes an
+identity on its cached path without loading the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import urlsplit
+
+__all__ = ["clerk_identity", "credential_tag", "oauth2_identity", "source_identity_of"]
+
+_LABEL = b"swr_token source identity v1"
+
+
+def credential_tag(*parts: str) -> str:
+    """A short keyed hash of ``parts`` (a credential and what it is used with): 64 bits are
+    plenty to tell sources apart, and reveal nothing of a high-entropy secret."""
+    message = "\0".join(parts).encode("utf-8", "surrogatepass")
+    return hmac.new(_LABEL, message, hashlib.sha256).hexdigest()[:16]
+
+
+def _public_url(url: str) -> str:
+    """Scheme, host, port and path: user-info and query may carry credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def source_identity_of(kind: str, url: str, credential: str,
+                       settings: tuple[tuple[str, str | None], ...] = ()) -> str:
+    """The identity of a ``kind`` source posting to ``url`` with ``credential``.
+
+    ``settings`` are the non-secret options that change the token (client id, scope,
+    audience, ...); ``None`` values are left out.
+    """
+    shown = " ".join(f"{name}={value}" for name, value in settings if value is not None)
+    tag = credential_tag(url, credential, shown)
+    return f"{kind} {_public_url(url)}{' ' + shown if shown else ''} #{tag}"
+
+
+def clerk_identity(api_url: str, secret_key: str) -> str:
+    """``ClerkBackendSource.identity`` from its settings (the CLI's cached path computes it
+    without building a source)."""
+    return source_identity_of("clerk", api_url.rstrip("/"), secret_key)
+
+
+def oauth2_identity(token_url: str, client_id: str, client_secret: str, *,
+                    scope: str | None, audience: str | None) -> str:
+    """``OAuth2ClientCredentialsSource.identity`` from its settings."""
+    return source_identity_of("oauth2", token_url, client_secret, (
+        ("client_id", client_id), ("scope", scope or None), ("audience", audience or None)))
