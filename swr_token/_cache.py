@@ -111,7 +111,8 @@ class Entry:
         self.backoff_until = float("-inf")
         self.backoff_epoch = 0
         self.streak = 0
-        self.fail_error: TokenError | None = None
+        #: The failure raised at once to callers until ``fail_until`` (a copy per caller).
+        self.fail_error: Exception | None = None
         self.fail_until = float("-inf")
         #: Order of the newest token ever published or invalidated here: results must beat it.
         self.newest: tuple[float, int] = (float("-inf"), -1)

@@ -19,7 +19,7 @@ from typing import Any
 from . import _fork
 from ._cache import Cache, Entry, Flight, Key
 from ._clock import Clock, SystemClock
-from ._errors import ClientClosedError, ConfigurationError, TokenFetchError
+from ._errors import ClientClosedError, ConfigurationError, TokenFetchError, caller_copy
 from ._executor import DaemonThreadPoolExecutor
 from ._refresh import Counters, ErrorHook, Refresher, TokenHook, release
 from ._request import TokenRequest
@@ -33,6 +33,20 @@ __all__ = ["TokenClient"]
 _log = logging.getLogger("swr_token")
 
 Source = Callable[[TokenRequest], "str | Token"]
+
+
+_KEY_PARTS = ("session_id", "template", "organization_id", "audience")
+
+
+def _check_key(key: Key) -> None:
+    """Each key part is ``None`` or a non-empty string; say which argument is not."""
+    for name, part in zip(_KEY_PARTS, key, strict=True):
+        if part is None:
+            continue
+        if not isinstance(part, str):
+            raise TypeError(f"{name} must be a str or None, got {type(part).__name__}")
+        if not part:
+            raise ConfigurationError(f"{name} must not be empty; pass None to leave it out")
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
@@ -150,10 +164,13 @@ class TokenClient:
         Raises :class:`TokenRejectedError`, :class:`TokenFetchError` (also when ``timeout``
         seconds pass), :class:`InvalidTokenError` or :class:`ClientClosedError`.
         """
-        if template is None and organization_id is None and audience is None:
-            entry = self._by_session.get(session_id)
-        else:
-            entry = self._entries.get((session_id, template, organization_id, audience))
+        try:
+            if template is None and organization_id is None and audience is None:
+                entry = self._by_session.get(session_id)
+            else:
+                entry = self._entries.get((session_id, template, organization_id, audience))
+        except TypeError:  # an unhashable key part: _get says which argument
+            entry = None
         if entry is not None and not (skip_cache or refresh_if_stale) \
                 and background_refresh_threshold is None:
             snap = entry.resolved
@@ -185,6 +202,7 @@ class TokenClient:
 
     def _get(self, key: Key, skip_cache: bool, refresh_if_stale: bool,
              threshold: float | None, timeout: float | None) -> Token:
+        _check_key(key)
         if timeout is not None:
             timeout = _seconds("timeout", timeout, allow_zero=False)
         if threshold is not None:
@@ -232,7 +250,9 @@ class TokenClient:
             else:
                 flight = self._refresher.start(entry, background=False)
         if error is not None:
-            raise error  # fail fast: the issuer just failed and nothing servable exists
+            # Fail fast: the issuer just failed and nothing servable exists. Each caller
+            # raises its own copy, so the shared failure's traceback does not grow.
+            raise caller_copy(error)
         if start:
             self._refresher.dispatch(flight)
         return self._wait(flight, timeout)
@@ -240,13 +260,17 @@ class TokenClient:
     def _wait(self, flight: Flight, timeout: float | None) -> Token:
         self._counters.waits += 1
         try:
-            return flight.future.result(timeout)
+            error = flight.future.exception(timeout)
         except FuturesTimeout:
             raise TokenFetchError(
                 f"timed out after {timeout:g} s waiting for a token for "
                 f"{flight.request.describe()}; the fetch goes on for other callers — "
                 "pass a larger timeout or try again"
             ) from None
+        if error is not None:
+            # Shared by every waiter of the flight: each raises its own copy.
+            raise caller_copy(error) if isinstance(error, Exception) else error
+        return flight.future.result()
 
     def _refresh_in_background(self, entry: Entry, now: float) -> None:
         """Start one background refresh for a stale key unless one runs or it backs off."""
@@ -338,6 +362,7 @@ class TokenClient:
         Returns whether a token was dropped. A refresh already running may still publish a
         newer token, never this one or an older one.
         """
+        _check_key((session_id, template, organization_id, audience))
         raw = token.raw if isinstance(token, Token) else token
         with self._cache.lock:
             entry = self._entries.get((session_id, template, organization_id, audience))

@@ -5,13 +5,18 @@ Messages say what failed and what to do about it. They never contain a secret or
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 __all__ = [
+    "PROGRAMMING_ERRORS",
     "ClientClosedError",
     "ConfigurationError",
     "InvalidTokenError",
     "TokenError",
     "TokenFetchError",
     "TokenRejectedError",
+    "caller_copy",
 ]
 
 
@@ -62,3 +67,37 @@ class ClientClosedError(TokenError):
 
 class ConfigurationError(TokenError, ValueError):
     """A bad argument at construction time (for example a plain ``http://`` URL)."""
+
+
+#: Exceptions that mean the token source has a bug, not that the issuer is down (SPEC §9):
+#: never retried, raised to the waiting callers as they are, traceback logged once.
+PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
+    NameError, TypeError, AttributeError, ImportError, NotImplementedError,
+)
+
+# Attributes of the built-in exceptions above that ``copy.copy`` does not carry over.
+_BUILTIN_ATTRIBUTES = ("name", "obj", "path", "name_from")
+
+
+def caller_copy(error: Exception) -> Exception:
+    """A copy of a shared failure for one caller to raise.
+
+    A failure shared by many callers (single-flight, fail-fast) must not be raised as one
+    object: each ``raise`` prepends the raising frames to its ``__traceback__``, so it would
+    grow (and keep those frames alive) with every caller, and threads would race on it. The
+    copy starts from the original's traceback (where it failed) and keeps its cause.
+    """
+    try:
+        twin = copy.copy(error)
+    except Exception:  # an exception class copy cannot rebuild: raise the original
+        return error
+    if type(twin) is not type(error):  # pragma: no cover - a __reduce__ that lies
+        return error
+    for name in _BUILTIN_ATTRIBUTES:
+        if hasattr(error, name):
+            with contextlib.suppress(AttributeError, TypeError):  # read-only on some
+                setattr(twin, name, getattr(error, name))
+    twin.__cause__ = error.__cause__
+    twin.__context__ = error.__context__
+    twin.__suppress_context__ = error.__suppress_context__
+    return twin.with_traceback(error.__traceback__)

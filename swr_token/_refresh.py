@@ -18,6 +18,7 @@ from typing import Any
 from ._cache import Cache, Entry, Flight, Published
 from ._clock import Clock
 from ._errors import (
+    PROGRAMMING_ERRORS,
     ClientClosedError,
     InvalidTokenError,
     TokenError,
@@ -99,6 +100,8 @@ class Refresher:
         self.parking = Parking(self)
         self.closed = False
         self._seq = itertools.count(1)
+        #: A source bug's traceback was logged; cleared when the source next succeeds.
+        self._bug_logged = False
 
     # -- starting (call with cache.lock held) -------------------------------------------
 
@@ -172,6 +175,9 @@ class Refresher:
             token, from_source = self._fetch(flight)
         except TokenError as exc:
             error: TokenError = exc
+        except PROGRAMMING_ERRORS as exc:
+            self._source_bug(flight, exc)
+            return
         except Exception as exc:
             error = TokenFetchError(
                 f"the token source raised {type(exc).__name__} for "
@@ -179,6 +185,7 @@ class Refresher:
             )
             error.__cause__ = exc
         else:
+            self._bug_logged = False
             if from_source and self.pacer.answered():
                 self.parking.release()
             self._succeed(flight, token)
@@ -208,6 +215,20 @@ class Refresher:
                 self.timer.call_at(due, lambda: self.dispatch(flight))
                 return
         self._fail(flight, error, now)
+
+    def _source_bug(self, flight: Flight, bug: Exception) -> None:
+        """The source raised a programming error (SPEC §9): a bug, not an outage.
+
+        Not retried and not counted against the issuer (no pacing); the waiting callers get
+        the exception itself; the key backs off like after a failure. The traceback is
+        logged once until the source succeeds again, not once per key or per call.
+        """
+        if not self._bug_logged:
+            self._bug_logged = True
+            _log.error("the token source raised %s for %s: a bug in the source, not an "
+                       "outage; not retried (fix the source)", type(bug).__name__,
+                       flight.request.describe(), exc_info=bug)
+        self._fail(flight, bug, self.clock.deadline())
 
     def _fetch(self, flight: Flight) -> tuple[Token, bool]:
         """One attempt: from the shared store if another process has a newer token, else
@@ -315,7 +336,7 @@ class Refresher:
         if published is not None and self.on_token_update is not None:
             _call_hook(self.on_token_update, flight.request, published.token)
 
-    def _fail(self, flight: Flight, error: TokenError, now: float) -> None:
+    def _fail(self, flight: Flight, error: Exception, now: float) -> None:
         if flight.future.done():
             self._retire(flight)  # already settled (closed, or timed out while hung)
             return
@@ -327,10 +348,12 @@ class Refresher:
                 entry.flight = None
                 self._record_failure(entry, error, now, flight.background)
         _settle(flight, None, error)
-        if self.on_refresh_error is not None and not isinstance(error, ClientClosedError):
+        # A bug in the source is not a TokenError: it is logged, not passed to the hook.
+        if (self.on_refresh_error is not None and isinstance(error, TokenError)
+                and not isinstance(error, ClientClosedError)):
             _call_hook(self.on_refresh_error, flight.request, error)
 
-    def _record_failure(self, entry: Entry, error: TokenError, now: float,
+    def _record_failure(self, entry: Entry, error: Exception, now: float,
                         background: bool) -> None:
         if isinstance(error, InvalidTokenError):
             # Not the issuer's mood but a bad token: no fail-fast window; only a refresh
@@ -349,7 +372,8 @@ class Refresher:
             _log.warning("swr_token: token for %s rejected: %s",
                          TokenRequest(*entry.key).describe(), error)
         snap = entry.resolved
-        if background and snap is not None and self.pacer.paced():
+        if background and snap is not None and self.pacer.paced() \
+                and isinstance(error, TokenFetchError):
             self.parking.park(entry)
         elif snap is not None and snap.deadline - snap.margin > entry.backoff_until:
             self.cache.push_due(entry.backoff_until, 0, entry, snap)

@@ -30,7 +30,9 @@ def test_foreground_retries_use_full_jitter_backoff_then_raise_the_last_failure(
     source.script.extend(failures)
     with TokenClient(source, clock=clock) as client, pytest.raises(TokenFetchError) as info:
         drive(clock, client, lambda: client.get_token("s"))
-    assert info.value is failures[-1]  # the last failure, raised to the waiter
+    # The last failure, raised to the waiter (its own copy: see test_shared_failures).
+    assert type(info.value) is TokenFetchError and str(info.value) == "503 number 3"
+    assert info.value.status == 503
     assert source.count == 4  # the default policy: four attempts
     gaps = _gaps(source)
     # Full jitter: each wait is drawn from [0, 0.25 * 2**(n-1)] ... but once three attempts

@@ -55,7 +55,9 @@ def test_failure_of_the_shared_fetch_reaches_every_waiter(clock: FakeClock) -> N
             results = [f.result(WAIT) for f in futures]
     assert source.count == 1
     assert all(isinstance(r, TokenRejectedError) for r in results)
-    assert len({id(r) for r in results}) == 1  # the one failure, shared
+    # The one failure, shared: the same error, raised by each caller as its own copy.
+    assert {(str(r), r.status) for r in results} == {("unknown session", 404)}
+    assert len({id(r) for r in results}) == len(results)
 
 
 def test_critical_caller_joins_the_running_background_refresh(clock: FakeClock) -> None:
