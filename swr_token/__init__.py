@@ -25,6 +25,7 @@ from ._version import __version__
 
 if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
     from ._auth import BearerAuth, bearer_session
+    from ._clerk_m2m import ClerkM2MSource
     from ._client import TokenClient
     from ._clock import Clock, SystemClock
     from ._executor import DaemonThreadPoolExecutor
@@ -39,6 +40,7 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ 
 __all__ = [
     "BearerAuth",
     "ClerkBackendSource",
+    "ClerkM2MSource",
     "ClientClosedError",
     "Clock",
     "ConfigurationError",
@@ -66,6 +68,7 @@ __all__ = [
 _LAZY = {
     "BearerAuth": "_auth",
     "bearer_session": "_auth",
+    "ClerkM2MSource": "_clerk_m2m",
     "TokenClient": "_client",
     "Clock": "_clock",
     "SystemClock": "_clock",

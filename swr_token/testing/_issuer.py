@@ -10,6 +10,7 @@ This module holds the issuer's state (keys, credentials, faults, counters);
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from ._issuer_http import Server, number
 
 __all__ = ["LocalIssuer", "RecordedRequest"]
 
-_TOKEN_ENDPOINTS = frozenset({"clerk", "oauth"})
+_TOKEN_ENDPOINTS = frozenset({"clerk", "m2m", "oauth"})
 
 
 class _WallClock(Protocol):
@@ -80,6 +81,8 @@ class LocalIssuer:
     """A threaded HTTP token issuer on 127.0.0.1 (a free port unless ``port`` is given).
 
     Endpoints: ``POST /v1/sessions/{sid}/tokens[/{template}]`` (Clerk, bearer ``secret_key``),
+    ``POST /v1/m2m_tokens`` (Clerk M2M, bearer ``machine_secret_key``; JWT or opaque ``mt_``
+    tokens, ``expiration`` in milliseconds, ``null`` when no lifetime is asked for),
     ``POST /oauth/token`` (client credentials, basic or post), ``GET /.well-known/jwks.json``.
     ``lifetime`` and ``clock_offset`` (seconds the issuer's clock is ahead; it moves ``iat``,
     ``exp`` and the ``Date`` header) may be changed at any time, as may ``opaque`` (OAuth2
@@ -87,7 +90,7 @@ class LocalIssuer:
     from the JWT's lifetime). ``clock`` is the wall clock the issuer mints on (the system
     clock by default): pass the ``FakeClock`` a ``TokenClient`` runs on, and issued tokens and
     ``Date`` headers follow the test's time. Faults apply to the token endpoints unless
-    ``endpoint=`` names one of ``"clerk"``, ``"oauth"``, ``"jwks"``; each lasts ``count``
+    ``endpoint=`` names one of ``"clerk"``, ``"m2m"``, ``"oauth"``, ``"jwks"``; each lasts ``count``
     requests and/or ``duration`` seconds (real time), or until :meth:`clear_faults`.
     Thread-safe.
     """
@@ -96,6 +99,7 @@ class LocalIssuer:
         self,
         *,
         secret_key: str = "sk_test_local_issuer",
+        machine_secret_key: str = "ak_test_local_issuer",
         client_id: str = "local-client",
         client_secret: str = "local-client-secret",
         lifetime: float = 60.0,
@@ -107,6 +111,7 @@ class LocalIssuer:
         clock: _WallClock | None = None,
     ) -> None:
         self.secret_key = secret_key
+        self.machine_secret_key = machine_secret_key
         self.client_id = client_id
         self.client_secret = client_secret
         self.lifetime = lifetime
@@ -126,6 +131,9 @@ class LocalIssuer:
         self._connections = 0
         self._log: deque[RecordedRequest] = deque(maxlen=1000)
         self._ended: set[str] = set()
+        self._machines: dict[str, str] = {}  # machine secret key -> machine id
+        self._revoked_keys: set[str] = set()
+        self._issued: Counter[str] = Counter()
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -211,6 +219,48 @@ class LocalIssuer:
         """The JWKS document served at :attr:`jwks_url`."""
         key = jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
         return {"keys": [{**key, "kid": self.kid, "alg": "RS256", "use": "sig"}]}
+
+    def add_machine(self, machine_secret_key: str) -> str:
+        """Accept another machine secret key on the M2M endpoint; returns its machine id."""
+        machine_id = f"mch_{hashlib.sha256(machine_secret_key.encode()).hexdigest()[:24]}"
+        with self._lock:
+            return self._machines.setdefault(machine_secret_key, machine_id)
+
+    def revoke_machine_key(self, machine_secret_key: str) -> None:
+        """From now on the M2M endpoint answers 401 for ``machine_secret_key``."""
+        with self._lock:
+            self._revoked_keys.add(machine_secret_key)
+
+    def m2m_token(
+        self, machine_secret_key: str, *, seconds_until_expiration: int | None,
+        claims: Mapping[str, Any] | None, token_format: str,
+    ) -> dict[str, Any] | None:
+        """Clerk's 201 answer for a created M2M token, or None if the key is not accepted."""
+        with self._lock:
+            if machine_secret_key in self._revoked_keys:
+                return None
+            subject = self._machines.get(machine_secret_key)
+        if subject is None:
+            if machine_secret_key != self.machine_secret_key:
+                return None
+            subject = self.add_machine(machine_secret_key)
+        now_ms = int(self.now() * 1000)
+        expiration = (None if seconds_until_expiration is None
+                      else now_ms + seconds_until_expiration * 1000)
+        token_id = f"mt_{uuid.uuid4().hex}"
+        if token_format == "opaque":
+            token = f"mt_{secrets.token_urlsafe(24)}"
+        else:
+            payload: dict[str, Any] = {"iss": self.url, "sub": subject, "iat": now_ms // 1000,
+                                       "nbf": now_ms // 1000, "jti": token_id}
+            if expiration is not None:
+                payload["exp"] = expiration // 1000
+            payload.update(claims or {})
+            token = jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.kid})
+        return {"object": "machine_to_machine_token", "id": token_id, "token": token,
+                "subject": subject, "claims": dict(claims) if claims else None, "scopes": [],
+                "revoked": False, "revocation_reason": None, "expired": False,
+                "expiration": expiration, "created_at": now_ms, "updated_at": now_ms}
 
     def end_session(self, session_id: str) -> None:
         """From now on the Clerk endpoint answers 404 for ``session_id`` (signed out)."""
@@ -306,6 +356,14 @@ class LocalIssuer:
         with self._lock:
             return self._counts[endpoint] if endpoint else sum(self._counts.values())
 
+    def issued_count(self, endpoint: str | None = None) -> int:
+        """Tokens actually issued (successful answers), for one endpoint or all of them.
+
+        For Clerk M2M this is the number of billed creations.
+        """
+        with self._lock:
+            return self._issued[endpoint] if endpoint else sum(self._issued.values())
+
     def connection_count(self) -> int:
         """TCP connections accepted since start (or :meth:`reset_counts`)."""
         with self._lock:
@@ -330,6 +388,7 @@ class LocalIssuer:
         """Zero the request and connection counters and forget the recorded requests."""
         with self._lock:
             self._counts.clear()
+            self._issued.clear()
             self._connections = 0
             self._log.clear()
 
@@ -342,6 +401,10 @@ class LocalIssuer:
             self._counts[request.endpoint] += 1
             self._log.append(request)
             self._lock.notify_all()
+
+    def _issued_one(self, endpoint: str) -> None:
+        with self._lock:
+            self._issued[endpoint] += 1
 
     def _connected(self) -> int:
         with self._lock:

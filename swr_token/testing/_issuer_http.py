@@ -39,9 +39,11 @@ _CLERK_PATH = re.compile(r"^/v1/sessions/([^/]+)/tokens(?:/([^/]+))?$")
 _CLERK_CODES = {401: "authentication_invalid", 403: "authorization_invalid",
                 404: "resource_not_found", 422: "form_param_format_invalid",
                 429: "too_many_requests"}
+_M2M_CODES = {**_CLERK_CODES, 403: "machine_not_allowed", 409: "conflict"}
 _OAUTH_CODES = {401: "invalid_client", 403: "access_denied", 404: "not_found",
                 429: "too_many_requests", 503: "temporarily_unavailable"}
-_METHODS = {"clerk": "POST", "oauth": "POST", "jwks": "GET"}
+_METHODS = {"clerk": "POST", "m2m": "POST", "oauth": "POST", "jwks": "GET"}
+_CLERK_SHAPED = frozenset({"clerk", "m2m"})
 _MAX_BODY = 1 << 20
 
 
@@ -53,6 +55,8 @@ def number(value: float) -> float | int:
 def _endpoint(path: str) -> str:
     if _CLERK_PATH.match(path):
         return "clerk"
+    if path == "/v1/m2m_tokens":
+        return "m2m"
     if path == "/oauth/token":
         return "oauth"
     if path == "/.well-known/jwks.json":
@@ -176,6 +180,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(405, {"error": "method_not_allowed"}, {"Allow": expected})
         elif endpoint == "clerk":
             self._clerk(path, body)
+        elif endpoint == "m2m":
+            self._m2m(body)
         elif endpoint == "oauth":
             self._oauth(body)
         else:
@@ -198,7 +204,8 @@ class Handler(BaseHTTPRequestHandler):
         elif fault.body is not None:
             self._send(fault.status, fault.body, self._retry_after(fault))
         else:
-            code = fault.code or (_CLERK_CODES if endpoint == "clerk" else _OAUTH_CODES).get(
+            table = {"clerk": _CLERK_CODES, "m2m": _M2M_CODES}.get(endpoint, _OAUTH_CODES)
+            code = fault.code or table.get(
                 fault.status, "server_error" if fault.status >= 500 else "invalid_request")
             self._error(endpoint, fault.status, code, "injected fault", self._retry_after(fault))
         return False
@@ -248,7 +255,44 @@ class Handler(BaseHTTPRequestHandler):
                 self._error("clerk", 422, "form_param_format_invalid", "Invalid request body")
                 return
         jwt_ = issuer.mint(lifetime=lifetime, sid=session_id, sub=f"user_{session_id}")
+        issuer._issued_one("clerk")
         self._json(200, {"object": "token", "jwt": jwt_})
+
+    def _m2m(self, body: bytes) -> None:
+        """Clerk's ``POST /m2m_tokens``: validates like Clerk, answers 201 in milliseconds."""
+        issuer = self.server.issuer
+        header = self.headers.get("Authorization") or ""
+        key = header[7:] if header.startswith("Bearer ") else ""
+        try:
+            params = json.loads(body) if body.strip() else {}
+        except ValueError:
+            params = None
+        if not isinstance(params, dict):
+            self._error("m2m", 400, "malformed_request_body", "Request body is not a JSON object")
+            return
+        seconds = params.get("seconds_until_expiration")
+        claims = params.get("claims")
+        token_format = params.get("token_format", "opaque")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)
+                                    or seconds <= 0):
+            self._error("m2m", 422, "form_param_format_invalid",
+                        "seconds_until_expiration must be a positive integer")
+            return
+        if claims is not None and not isinstance(claims, dict):
+            self._error("m2m", 422, "form_param_format_invalid", "claims must be an object")
+            return
+        if token_format not in ("jwt", "opaque"):
+            self._error("m2m", 422, "form_param_value_invalid",
+                        "token_format must be jwt or opaque")
+            return
+        answer = issuer.m2m_token(key, seconds_until_expiration=seconds, claims=claims,
+                                  token_format=token_format) if key else None
+        if answer is None:
+            self._error("m2m", 401, "authentication_invalid",
+                        "The provided machine secret key is invalid")
+            return
+        issuer._issued_one("m2m")
+        self._json(201, answer)
 
     def _oauth(self, body: bytes) -> None:
         issuer = self.server.issuer
@@ -278,6 +322,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             token = issuer.mint(sub=issuer.client_id, client_id=issuer.client_id,
                                 aud=form.get("audience"), scope=scope)
+        issuer._issued_one("oauth")
         answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer",
                                   "expires_in": number(expires_in)}
         if scope:
@@ -299,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, endpoint: str, status: int, code: str, message: str,
                headers: Mapping[str, str] | None = None) -> None:
-        if endpoint == "clerk":
+        if endpoint in _CLERK_SHAPED:
             doc: dict[str, Any] = {"errors": [{"code": code, "message": message,
                                                "long_message": message}]}
         else:
