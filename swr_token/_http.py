@@ -21,17 +21,29 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-import requests.adapters
 import requests.auth
 
 from ._errors import ConfigurationError, TokenFetchError, TokenRejectedError
 from ._version import __version__
+from ._wire import (
+    DEFAULT_MAX_BODY,
+    Answer,
+    BodyTooLarge,
+    DeadlinePassed,
+    exchange,
+    new_session,
+)
 
 __all__ = [
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_RETRY_AFTER",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_TOTAL_TIMEOUT",
     "USER_AGENT",
     "HintFor",
     "Transport",
+    "cause_of",
+    "check_limits",
     "check_timeout",
     "check_url",
     "display_url",
@@ -46,14 +58,25 @@ logger = logging.getLogger(__name__)
 USER_AGENT = f"swr_token/{__version__}"
 #: (connect, read) seconds: a connect a little over a multiple of 3 s (TCP's retransmit).
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
+#: Seconds one attempt may take in all (connect, TLS, headers, body): a trickling issuer ends.
+DEFAULT_TOTAL_TIMEOUT = 10.0
+#: A ``Retry-After`` longer than this (seconds) is taken as this.
+DEFAULT_MAX_RETRY_AFTER = 60.0
 
 #: ``hint(status, code)`` -> what the user should do about a failed response.
 HintFor = Callable[[int, "str | None"], str]
 
 _REJECTED = frozenset({400, 401, 403, 404, 422})
 _TRANSIENT = frozenset({408, 425, 429})
-_JWT_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+# Matches only from the start of a run (the look-behind) and never backtracks into one
+# (possessive): linear in the text, where the plain pattern is quadratic on a long run.
+_JWT_LIKE = re.compile(
+    r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+")
 _DETAIL_MAX = 200
+#: Scrubbing and shaping a message reads at most this much of what the issuer sent.
+_SCRUB_PREFIX = 4096
+#: An error body larger than this is not parsed for a code and description: cheap to refuse.
+_ERROR_BODY_MAX = 64 * 1024
 
 
 def _is_loopback(host: str) -> bool:
@@ -130,15 +153,17 @@ def parse_http_date(value: str | None) -> float | None:
     return parsed.timestamp()
 
 
-def parse_retry_after(value: str | None, *, server_time: float | None) -> float | None:
-    """``Retry-After`` in seconds from now: delay-seconds, or an HTTP-date.
+def parse_retry_after(value: str | None, *, server_time: float | None,
+                      cap: float = DEFAULT_MAX_RETRY_AFTER) -> float | None:
+    """``Retry-After`` in seconds from now: delay-seconds, or an HTTP-date; at most ``cap``.
 
     An HTTP-date is measured against the response's own ``Date`` when there is one, so an
-    issuer with a skewed clock still means what it says.
+    issuer with a skewed clock still means what it says. A value past ``cap`` (``1e9``, a
+    date years ahead) is taken as ``cap``: an issuer cannot switch a client off.
     """
     if not value:
         return None
-    value = value.strip()
+    value = value.strip()[:64]
     try:
         seconds = float(value)
     except ValueError:
@@ -146,8 +171,10 @@ def parse_retry_after(value: str | None, *, server_time: float | None) -> float 
         if when is None:
             return None
         now = server_time if server_time is not None else time.time()
-        return max(0.0, when - now)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        seconds = max(0.0, when - now)
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, cap)
 
 
 _UNPARSEABLE = object()
@@ -206,14 +233,38 @@ class _Authorization(requests.auth.AuthBase):
         return "<Authorization ***>"
 
 
+def check_limits(
+    *, total_timeout: float, max_body: int, max_retry_after: float
+) -> tuple[float, int, float]:
+    """Validate the hostile-input bounds every HTTP source and the verifier take."""
+    if not _positive(total_timeout):
+        raise ConfigurationError(
+            "total_timeout must be a positive number of seconds: one deadline for connect, "
+            "headers and body, so a trickling issuer cannot hold a fetch"
+        )
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
+        raise ConfigurationError("max_body must be a whole number of bytes, at least 1024")
+    if not _positive(max_retry_after):
+        raise ConfigurationError("max_retry_after must be a positive number of seconds")
+    return float(total_timeout), max_body, float(max_retry_after)
+
+
+def _positive(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 class Transport:
     """POSTs to one issuer and turns every outcome into a JSON object or a typed error.
 
     Thread-safe as far as ``requests.Session`` is: its connection pool is. A session made here
     is replaced after ``os.fork()`` so a child never shares a parent's keep-alive socket.
+    Every attempt is bounded: ``max_body`` bytes, ``total_timeout`` seconds in all, and a
+    ``Retry-After`` of at most ``max_retry_after`` seconds.
     """
 
-    __slots__ = ("_hint", "_owned", "_pid", "_secrets", "_session", "_timeout", "_verify")
+    __slots__ = ("_hint", "_limits", "_owned", "_pid", "_secrets", "_session", "_timeout",
+                 "_verify")
 
     def __init__(
         self,
@@ -223,8 +274,13 @@ class Transport:
         verify: bool | str,
         secrets: Iterable[str],
         hint: HintFor,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
         self._timeout = check_timeout(timeout)
+        self._limits = check_limits(total_timeout=total_timeout, max_body=max_body,
+                                    max_retry_after=max_retry_after)
         if verify is False:
             logger.warning(
                 "TLS certificate verification is off (verify=False): anyone on the network "
@@ -235,24 +291,14 @@ class Transport:
         self._secrets = tuple(s for s in secrets if s)
         self._hint = hint
         self._owned = session is None
-        self._session = session if session is not None else self._new_session()
+        self._session = session if session is not None else new_session()
         self._pid = os.getpid()
-
-    @staticmethod
-    def _new_session() -> requests.Session:
-        session = requests.Session()
-        # Room for concurrent refreshes without discarding connections; no transport retries:
-        # retrying is the engine's job, with its pacing.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
 
     @property
     def session(self) -> requests.Session:
         """The session in use (the caller's, or one made here)."""
         if self._owned and self._pid != os.getpid():
-            self._session, self._pid = self._new_session(), os.getpid()
+            self._session, self._pid = new_session(), os.getpid()
         return self._session
 
     def close(self) -> None:
@@ -261,7 +307,11 @@ class Transport:
             self._session.close()
 
     def scrub(self, text: str) -> str:
-        """``text`` without any secret, any JWT-looking string, newlines, or excess length."""
+        """``text`` without any secret, any JWT-looking string, newlines, or excess length.
+
+        Linear in a bounded prefix, whatever the issuer sent.
+        """
+        text = text[:_SCRUB_PREFIX]
         for secret in self._secrets:
             text = text.replace(secret, "***")
         text = _JWT_LIKE.sub("<token>", " ".join(text.split()))
@@ -284,10 +334,12 @@ class Transport:
         ``what`` names the request in messages ("Clerk token request for {session=...}");
         ``authorization`` is the whole ``Authorization`` header value, if any.
         """
+        total_timeout, max_body, _ = self._limits
         try:
-            response = self.session.post(
-                url,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            answer = exchange(
+                self.session, "POST", url, total_timeout=total_timeout, max_body=max_body,
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json",
+                         "Accept-Encoding": "identity"},
                 auth=_Authorization(authorization),
                 data=data,
                 json=json_body,
@@ -295,32 +347,19 @@ class Transport:
                 verify=self._verify,
                 allow_redirects=False,
             )
-        except requests.Timeout as exc:
-            raise TokenFetchError(
-                f"{what} timed out ({type(exc).__name__}, timeout={self._timeout}); "
-                "the issuer is slow or unreachable, it will be retried"
-            ) from exc
-        except requests.exceptions.SSLError as exc:
-            raise TokenFetchError(
-                f"{what} failed: TLS error ({type(exc).__name__}); check the issuer's "
-                "certificate and the CA bundle (verify=, REQUESTS_CA_BUNDLE)"
-            ) from exc
-        except requests.RequestException as exc:
-            raise TokenFetchError(
-                f"{what} failed: network error ({type(exc).__name__}); check connectivity to "
-                "the issuer, it will be retried"
-            ) from exc
-        with response:
-            return self._outcome(response, what)
+        except Exception as exc:
+            error = network_error(exc, what, timeout=self._timeout,
+                                  total_timeout=total_timeout, max_body=max_body)
+            if error is exc:
+                raise
+            raise error from cause_of(exc)
+        return self._outcome(answer, what)
 
-    def _outcome(
-        self, response: requests.Response, what: str
-    ) -> tuple[int, dict[str, Any], float | None]:
-        status = response.status_code
-        server_time = parse_http_date(response.headers.get("Date"))
-        parsed = _json(response.content)
-        body = parsed if isinstance(parsed, dict) else None
+    def _outcome(self, answer: Answer, what: str) -> tuple[int, dict[str, Any], float | None]:
+        status = answer.status
+        server_time = parse_http_date(answer.headers.get("Date"))
         if 200 <= status < 300:
+            parsed = _json(answer.body)
             if parsed is _UNPARSEABLE:
                 raise TokenFetchError(
                     f"{what} got HTTP {status} with a body that is not JSON; the issuer or a "
@@ -328,8 +367,11 @@ class Transport:
                     status=status,
                 )
             # Parsed but not an object: the caller finds no token in it (InvalidTokenError).
-            return status, body or {}, server_time
-        code, detail = error_code(body)
+            return status, parsed if isinstance(parsed, dict) else {}, server_time
+        # An error body is only parsed when small: its code and description are a courtesy.
+        parsed = _json(answer.body) if len(answer.body) <= _ERROR_BODY_MAX else None
+        code, detail = error_code(parsed if isinstance(parsed, dict) else None)
+        code = code[:80] if code else None
         message = f"{what} failed with HTTP {status}"
         if code:
             message += f" ({self.scrub(code)})"
@@ -337,7 +379,8 @@ class Transport:
             message += f": {self.scrub(detail)}"
         if status in _TRANSIENT or 500 <= status < 600:
             retry_after = parse_retry_after(
-                response.headers.get("Retry-After"), server_time=server_time
+                answer.headers.get("Retry-After"), server_time=server_time,
+                cap=self._limits[2],
             )
             if retry_after is not None:
                 message += f"; retry after {retry_after:g} s"
@@ -352,6 +395,54 @@ class Transport:
         else:
             hint = self._hint(status, code)
         raise TokenRejectedError(f"{message}; {hint}", status=status, code=code)
+
+
+def cause_of(exc: BaseException) -> BaseException | None:
+    """What may be kept as ``__cause__`` of a network error: the ``requests`` exception
+    without the request it holds (its headers carry the credentials); nothing for our own."""
+    if isinstance(exc, DeadlinePassed | BodyTooLarge):
+        return None
+    if isinstance(exc, requests.RequestException):
+        exc.request = None
+        exc.response = None
+    return exc
+
+
+def network_error(exc: BaseException, what: str, *, timeout: tuple[float, float],
+                  total_timeout: float, max_body: int) -> BaseException:
+    """The typed error for an attempt that did not get a whole answer.
+
+    The message names the exception's type only (its text may hold the issuer's bytes).
+    """
+    kind = type(exc).__name__
+    if isinstance(exc, DeadlinePassed):
+        return TokenFetchError(
+            f"{what} did not finish within total_timeout={total_timeout:g} s (connect, "
+            "headers and body); the issuer is slow or trickling its answer, it will be retried"
+        )
+    if isinstance(exc, BodyTooLarge):
+        return TokenFetchError(
+            f"{what} got an answer larger than max_body={max_body} bytes; it was not read "
+            "past that; check the URL, or raise max_body if the issuer's answers are that "
+            "large, it will be retried"
+        )
+    if isinstance(exc, requests.Timeout):
+        return TokenFetchError(
+            f"{what} timed out ({kind}, timeout={timeout}); the issuer is slow or "
+            "unreachable, it will be retried"
+        )
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TokenFetchError(
+            f"{what} failed: TLS error ({kind}); check the issuer's certificate and the CA "
+            "bundle (verify=, REQUESTS_CA_BUNDLE)"
+        )
+    if isinstance(exc, requests.RequestException | OSError | ValueError) or (
+            type(exc).__module__.startswith(("urllib3", "zlib", "http"))):
+        return TokenFetchError(
+            f"{what} failed: network error ({kind}); check connectivity to the issuer, it "
+            "will be retried"
+        )
+    return exc
 
 
 def generic_hint(status: int, code: str | None) -> str:

@@ -18,7 +18,16 @@ from urllib.parse import quote, quote_plus
 import requests
 
 from ._errors import ConfigurationError, InvalidTokenError, TokenRejectedError
-from ._http import DEFAULT_TIMEOUT, Transport, check_url, display_url, generic_hint
+from ._http import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOTAL_TIMEOUT,
+    Transport,
+    check_url,
+    display_url,
+    generic_hint,
+)
 from ._identity import clerk_identity, oauth2_identity
 from ._request import TokenRequest
 from ._token import Token
@@ -96,6 +105,8 @@ class ClerkBackendSource(_HttpSource):
     ``POST {api_url}/sessions/{session_id}/tokens[/{template}]`` with the instance's secret key
     (``secret_key=`` or ``CLERK_SECRET_KEY``). Takes no organization and no audience: a request
     with either, or without a session id, is refused before anything is sent.
+    ``total_timeout`` (10 s, the whole attempt), ``max_body`` (1 MiB) and ``max_retry_after``
+    (60 s) bound what a misbehaving issuer can cost (README: "Limits and hostile input").
     """
 
     __slots__ = ("_api_url", "_expires_in_seconds", "_secret_key")
@@ -109,6 +120,9 @@ class ClerkBackendSource(_HttpSource):
         expires_in_seconds: int | None = None,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         verify: bool | str = True,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
         how = "pass secret_key= or set the CLERK_SECRET_KEY environment variable"
         if secret_key is None:
@@ -128,7 +142,8 @@ class ClerkBackendSource(_HttpSource):
         self._expires_in_seconds = expires_in_seconds
         self._transport = Transport(
             session=session, timeout=timeout, verify=verify, secrets=(self._secret_key,),
-            hint=_clerk_hint,
+            hint=_clerk_hint, total_timeout=total_timeout, max_body=max_body,
+            max_retry_after=max_retry_after,
         )
 
     def __call__(self, request: TokenRequest) -> Token:
@@ -198,6 +213,8 @@ class OAuth2ClientCredentialsSource(_HttpSource):
     default, with id and secret form-urlencoded per section 2.3.1) or ``client_secret_post``.
     The request's ``audience`` overrides the configured one; a ``session_id``, ``template`` or
     ``organization_id`` has no meaning for this grant and is refused before anything is sent.
+    ``total_timeout``, ``max_body`` and ``max_retry_after`` bound each attempt as for
+    :class:`ClerkBackendSource`.
     """
 
     __slots__ = (
@@ -220,6 +237,9 @@ class OAuth2ClientCredentialsSource(_HttpSource):
         extra_params: Mapping[str, str] | None = None,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         verify: bool | str = True,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
         how = "pass the client credentials registered with the authorization server"
         self._token_url = check_url(token_url, name="token_url")
@@ -246,6 +266,7 @@ class OAuth2ClientCredentialsSource(_HttpSource):
         self._transport = Transport(
             session=session, timeout=timeout, verify=verify,
             secrets=(self._client_secret, self._basic.split(" ", 1)[1]), hint=_oauth2_hint,
+            total_timeout=total_timeout, max_body=max_body, max_retry_after=max_retry_after,
         )
 
     def __call__(self, request: TokenRequest) -> Token:

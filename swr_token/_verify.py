@@ -12,6 +12,7 @@ injectable clock, with one shared download at a time.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -27,8 +28,21 @@ import requests
 
 from . import _fork
 from ._errors import ConfigurationError, InvalidTokenError, TokenError, TokenFetchError
-from ._http import USER_AGENT, check_timeout, check_url, display_url, parse_retry_after
+from ._http import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_RETRY_AFTER,
+    USER_AGENT,
+    cause_of,
+    check_limits,
+    check_timeout,
+    check_url,
+    display_url,
+    network_error,
+    parse_http_date,
+    parse_retry_after,
+)
 from ._token import Token, fingerprint
+from ._wire import exchange, new_session
 
 __all__ = ["JWKSVerifier"]
 
@@ -40,6 +54,8 @@ ASYMMETRIC_ALGORITHMS = frozenset({
 })
 #: (connect, read) seconds for the JWKS request: it runs inside a token fetch.
 DEFAULT_JWKS_TIMEOUT: tuple[float, float] = (2.0, 3.0)
+#: Seconds the whole JWKS attempt (connect, headers, body) may take.
+DEFAULT_JWKS_TOTAL_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,10 +72,11 @@ class _JWKSFetcher(jwt.PyJWKClient):
     """PyJWKClient whose download goes through ``requests`` and fails with typed errors."""
 
     def __init__(self, url: str, *, session: requests.Session | None,
-                 timeout: tuple[float, float]) -> None:
+                 timeout: tuple[float, float], limits: tuple[float, int, float]) -> None:
         # Caching is done by JWKSVerifier (own clock, shared downloads), not here.
         super().__init__(url, cache_keys=False, cache_jwk_set=False, timeout=timeout[1])
         self._pair = timeout
+        self._limits = limits
         self._own = session is None
         self._session = session
         self._pid = os.getpid()
@@ -67,7 +84,7 @@ class _JWKSFetcher(jwt.PyJWKClient):
     def _http(self) -> requests.Session:
         # A session made here is replaced after fork: a child never shares a parent's socket.
         if self._session is None or (self._own and self._pid != os.getpid()):
-            self._session, self._pid = requests.Session(), os.getpid()
+            self._session, self._pid = new_session(pool_maxsize=4), os.getpid()
         return self._session
 
     def close(self) -> None:
@@ -77,40 +94,39 @@ class _JWKSFetcher(jwt.PyJWKClient):
 
     def fetch_data(self) -> Any:
         where = f"the JWKS request to {display_url(self.uri)}"
+        total_timeout, max_body, max_retry_after = self._limits
         try:
-            response = self._http().get(
-                self.uri,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            answer = exchange(
+                self._http(), "GET", self.uri, total_timeout=total_timeout, max_body=max_body,
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json",
+                         "Accept-Encoding": "identity"},
                 timeout=self._pair,
                 allow_redirects=False,
             )
-        except requests.Timeout as exc:
+        except Exception as exc:
+            error = network_error(exc, where, timeout=self._pair, total_timeout=total_timeout,
+                                  max_body=max_body)
+            if error is exc:
+                raise
+            raise error from cause_of(exc)
+        status = answer.status
+        if status != 200:
+            retry_after = parse_retry_after(
+                answer.headers.get("Retry-After"),
+                server_time=parse_http_date(answer.headers.get("Date")), cap=max_retry_after)
             raise TokenFetchError(
-                f"{where} timed out ({type(exc).__name__}); the key set is needed to verify "
-                "tokens, it will be retried"
-            ) from exc
-        except requests.RequestException as exc:
+                f"{where} answered HTTP {status}; check jwks_url (it must serve the key set "
+                "directly, redirects are not followed), it will be retried",
+                status=status, retry_after=retry_after,
+            )
+        try:
+            return json.loads(answer.body)
+        except (ValueError, RecursionError):
+            # Not chained: a JSON error carries the whole body it failed on.
             raise TokenFetchError(
-                f"{where} failed: network error ({type(exc).__name__}); check connectivity "
-                "to the issuer, it will be retried"
-            ) from exc
-        with response:
-            status = response.status_code
-            if status != 200:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"),
-                                                server_time=None)
-                raise TokenFetchError(
-                    f"{where} answered HTTP {status}; check jwks_url (it must serve the key set "
-                    "directly, redirects are not followed), it will be retried",
-                    status=status, retry_after=retry_after,
-                )
-            try:
-                return response.json()
-            except ValueError as exc:
-                raise TokenFetchError(
-                    f"{where} answered with a body that is not JSON; check jwks_url, it will "
-                    "be retried", status=status,
-                ) from exc
+                f"{where} answered with a body that is not JSON; check jwks_url, it will "
+                "be retried", status=status,
+            ) from None
 
 
 class JWKSVerifier:
@@ -127,6 +143,8 @@ class JWKSVerifier:
       APIs is not its audience).
     - ``leeway`` (5.0 s): clock tolerance for ``exp`` and ``nbf``. ``exp`` is required.
     - ``timeout`` (``(2.0, 3.0)``): connect/read seconds for the JWKS request.
+    - ``total_timeout`` (5.0 s), ``max_body`` (1 MiB), ``max_retry_after`` (60 s): bounds on
+      one JWKS attempt in all, on the key set's size, and on a ``Retry-After``.
     - ``cache_keys_for`` (300 s): how long a downloaded key set is used before it is fetched
       again (on the next verification; a failed download is a :class:`TokenFetchError`).
     - ``refetch_cooldown`` (1.0 s): a token whose ``kid`` is not in the cached set triggers
@@ -149,6 +167,9 @@ class JWKSVerifier:
         audience: str | Iterable[str] | None = None,
         leeway: float = 5.0,
         timeout: float | tuple[float, float] = DEFAULT_JWKS_TIMEOUT,
+        total_timeout: float = DEFAULT_JWKS_TOTAL_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         cache_keys_for: float = 300.0,
         refetch_cooldown: float = 1.0,
         session: requests.Session | None = None,
@@ -162,8 +183,10 @@ class JWKSVerifier:
         self._cache_for = _seconds("cache_keys_for", cache_keys_for)
         self._cooldown = _seconds("refetch_cooldown", refetch_cooldown)
         pair = check_timeout(timeout)
-        self._wait_limit = sum(pair) + 1.0
-        self._fetcher = _JWKSFetcher(self._url, session=session, timeout=pair)
+        limits = check_limits(total_timeout=total_timeout, max_body=max_body,
+                              max_retry_after=max_retry_after)
+        self._wait_limit = min(sum(pair), limits[0]) + 1.0
+        self._fetcher = _JWKSFetcher(self._url, session=session, timeout=pair, limits=limits)
         self._clock = clock
         # _lock guards _keys, _pending and _last_forced; the download runs outside it.
         self._lock = threading.Lock()

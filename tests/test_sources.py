@@ -573,7 +573,12 @@ def test_parse_http_date() -> None:
 
 
 def test_parse_retry_after() -> None:
-    assert parse_retry_after("120", server_time=None) == 120
+    assert parse_retry_after("120", server_time=None, cap=600) == 120
+    assert parse_retry_after("120", server_time=None) == 60  # the default cap
+    assert parse_retry_after("1e9", server_time=None) == 60
+    assert parse_retry_after("inf", server_time=None) == 60
+    assert parse_retry_after("nan", server_time=None) is None
+    assert parse_retry_after("Sun, 06 Nov 2094 08:49:37 GMT", server_time=784111767) == 60
     assert parse_retry_after("0.5", server_time=None) == 0.5
     assert parse_retry_after("-1", server_time=None) is None
     assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", server_time=784111767) == 10
