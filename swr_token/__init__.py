@@ -33,7 +33,7 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ 
     from ._request import TokenRequest
     from ._retry import RetryPolicy
     from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
-    from ._store import TokenStore
+    from ._store import StoredToken, TokenStore, source_identity
     from ._token import Freshness, Token, classify
     from ._verify import JWKSVerifier
 
@@ -51,6 +51,7 @@ __all__ = [
     "OAuth2ClientCredentialsSource",
     "RedisStore",
     "RetryPolicy",
+    "StoredToken",
     "SystemClock",
     "Token",
     "TokenClient",
@@ -62,6 +63,7 @@ __all__ = [
     "__version__",
     "bearer_session",
     "classify",
+    "source_identity",
 ]
 
 # Public name -> the private module defining it.
@@ -79,6 +81,8 @@ _LAZY = {
     "ClerkBackendSource": "_sources",
     "OAuth2ClientCredentialsSource": "_sources",
     "TokenStore": "_store",
+    "StoredToken": "_store",
+    "source_identity": "_store",
     "Freshness": "_token",
     "Token": "_token",
     "classify": "_token",

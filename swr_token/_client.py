@@ -24,9 +24,9 @@ from ._executor import DaemonThreadPoolExecutor
 from ._refresh import Counters, ErrorHook, Refresher, TokenHook, release
 from ._request import TokenRequest
 from ._retry import RetryPolicy, SourcePacer
-from ._store import SharedStore, TokenStore
+from ._store import SharedStore, TokenStore, source_identity
 from ._timer import Timer
-from ._token import Freshness, Token, classify, effective_threshold
+from ._token import Freshness, Token, classify, effective_threshold, fingerprint
 
 __all__ = ["TokenClient"]
 
@@ -139,7 +139,8 @@ class TokenClient:
             started_wall=self._clock.wall(),
             started_deadline=self._now(),
             verifier=verifier,
-            shared=None if store is None else SharedStore(store, clock=self._now),
+            shared=None if store is None else SharedStore(
+                store, scope=source_identity(source), clock=self._now, wall=self._clock.wall),
         )
         self._polling = False
         self._closed = False
@@ -299,29 +300,23 @@ class TokenClient:
             self._polling = True
         self._schedule_tick(self._now() + self._poll_interval)
         if self._refresher.shared is not None:
-            self._refresher.shared.listen(self._accept_broadcast)
+            self._refresher.shared.listen(self._accept_drop)
 
-    def _accept_broadcast(self, key: Key, raw: str) -> None:
-        """Another process announced a token: adopt it if it is valid and newer.
-
-        Not re-announced and no hook is run: it is the same token the other process published.
-        """
-        if not (isinstance(key, tuple) and len(key) == 4
-                and all(part is None or isinstance(part, str) for part in key)):
-            return
+    def _accept_drop(self, key: Key, dropped: str) -> None:
+        """Another process dropped a token (invalidated or rejected): if this process
+        serves that very token for that key, stop serving it; never adopt it again."""
+        shared = self._refresher.shared
         with self._cache.lock:
             if self._closed:
                 return
             entry = self._entries.get(key)
-        if entry is None:
-            return  # a key this process never asked for: nothing to update
-        token = self._refresher.accept_shared(entry, raw)
-        if token is None:
-            return
-        with self._cache.lock:
-            if not self._closed:
-                order = (token.issued_at or 0.0, self._refresher.next_seq())
-                self._cache.publish(entry, token, order=order, now=self._now())
+            snap = entry.resolved if entry is not None else None
+            if entry is None or snap is None or fingerprint(snap.raw) != dropped:
+                return  # not held here: nothing to forget (a flood costs no memory)
+            self._cache.drop(entry, self._now())
+            entry.flight = None
+        if shared is not None:
+            shared.forget(dropped, snap.token.expires_at, is_fingerprint=True)
 
     def _schedule_tick(self, when: float) -> None:
         # Weakly: a client dropped without close() must still be collectable, its poller
@@ -364,18 +359,27 @@ class TokenClient:
         """
         _check_key((session_id, template, organization_id, audience))
         raw = token.raw if isinstance(token, Token) else token
+        key: Key = (session_id, template, organization_id, audience)
+        shared = self._refresher.shared
         with self._cache.lock:
-            entry = self._entries.get((session_id, template, organization_id, audience))
-            if entry is None or entry.resolved is None:
-                return False
-            if raw is not None and entry.resolved.raw != raw:
-                return False
-            self._cache.drop(entry, self._now())
-            # A fetch already running may return the very token dropped here (an issuer that
-            # re-serves it): callers arriving from now on must not join it. It runs on and
-            # may still publish a newer token; the freshness guard refuses this one.
-            entry.flight = None
-            return True
+            entry = self._entries.get(key)
+            held = entry.resolved if entry is not None else None
+            if entry is None or held is None or (raw is not None and held.raw != raw):
+                snap = None
+            else:
+                snap = self._cache.drop(entry, self._now())
+                # A fetch already running may return the very token dropped here (an issuer
+                # that re-serves it): callers arriving from now on must not join it. It runs
+                # on and may still publish a newer token; the freshness guard refuses this one.
+                entry.flight = None
+        if shared is not None and (snap is not None or raw):
+            # Fleet-wide: out of the store (unless a newer token replaced it there), and the
+            # other processes holding it are told to stop serving it. A named token goes even
+            # when this process no longer holds it.
+            dropped = snap.raw if snap is not None else str(raw)
+            expires = snap.token.expires_at if snap is not None else self._clock.wall() + 86400
+            shared.drop(key, dropped, expires)
+        return snap is not None
 
     def stats(self) -> dict[str, int]:
         """Counters since creation (approximate under concurrency: the hot path takes no lock).

@@ -1,34 +1,55 @@
 """``RedisStore``: one refresh per key across processes and hosts, through Redis.
 
-- shared tokens: ``{prefix}tok:{key}`` holds the newest raw token, expiring with the token;
-- fleet-wide single-flight: ``{prefix}lock:{key}`` taken with ``SET NX PX`` and a random owner
-  id, released and renewed only by its owner (compare-and-delete / compare-and-expire in Lua),
-  so a crashed owner's lease simply runs out;
-- announcements: new tokens are published on ``{prefix}tokens``; other processes adopt one
-  only after the same checks clerk-js makes on a broadcast (done by the client).
+Layout (every name of one key shares a hash slot through the ``{...}`` hash tag, so the Lua
+scripts touch one slot and run on Redis Cluster as on one server):
 
-Tokens in Redis are as sensitive as passwords: use ``rediss://`` and ACL credentials, and never
-log them (nothing here does). All calls have short socket timeouts; the client stops asking a
-failing Redis for a while and carries on per process.
+- ``{prefix}{S.K}:tok``: the newest token of key K under scope S (both hashed to a fixed
+  length), with its expiry, written as a versioned, optionally HMAC-signed entry that names
+  the scope and the exact key it was written for; it expires with the token;
+- ``{prefix}{S.K}:lock``: the fleet-wide refresh lock, ``SET NX PX`` with a random owner id,
+  renewed and released only by its owner (compare-and-expire / compare-and-delete in Lua), so
+  a crashed owner's lease simply runs out;
+- ``{prefix}drops``: drop notices (scope, key, token fingerprint; never a token). New tokens
+  are **not** broadcast: a process whose copy turns stale reads the entry (one ``GET``), and a
+  process waiting on another's refresh polls that one entry with a growing pause, so a
+  process's traffic follows the keys it reads, not the size of the fleet.
+
+Everything read back is untrusted: entries and notices are size-capped, parsed strictly,
+checked against the scope and key they are read for (and the signature when ``signing_key``
+is set); anything else is ignored, logged once per streak, and the source is asked instead.
+Tokens in Redis are as sensitive as passwords: use ``rediss://`` and ACL credentials.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
 from ._cache import Key
+from ._clock import Clock, SystemClock
 from ._errors import ConfigurationError
+from ._store import MAX_SHARED_LIFETIME, StoredToken
+from ._token import fingerprint
 
 __all__ = ["RedisStore"]
 
 _log = logging.getLogger("swr_token")
+
+#: Largest entry or notice read from Redis (bytes); anything longer is ignored unread.
+MAX_ENTRY_BYTES = 65536
+MAX_NOTICE_BYTES = 4096
+_VERSION = "v2"
+_MAX_SCOPES = 256  # scope hashes this process can name in drop notices (its own scopes)
 
 _UNLOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -38,27 +59,59 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
+# Compare-and-delete of a token entry: a newer entry written meanwhile survives.
+_DELETE = _UNLOCK
+# One poll of a wait: the entry and whether its refresh lock is still held.
+_PEEK = """
+return {redis.call('get', KEYS[1]), redis.call('exists', KEYS[2])}
+"""
 
 
-def _encode_key(key: Key) -> str:
-    return json.dumps(list(key), separators=(",", ":"))
+def _hash(text: str, size: int) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:size]
 
 
-def _decode_key(value: object) -> Key | None:
-    if (isinstance(value, list) and len(value) == 4
-            and all(part is None or isinstance(part, str) for part in value)):
-        return (value[0], value[1], value[2], value[3])
-    return None
+def _key_list(key: Key) -> list[str | None]:
+    return list(key)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+class _Streak:
+    """Logs bad input once per streak of it (a good read ends the streak)."""
+
+    def __init__(self) -> None:
+        self.bad_since: str | None = None
+
+    def bad(self, what: str) -> None:
+        if self.bad_since is None:
+            self.bad_since = what
+            _log.warning("swr_token: ignored %s from Redis; asking the source instead "
+                         "(logged once until a good one is read)", what)
+
+    def good(self) -> None:
+        self.bad_since = None
 
 
 class RedisStore:
     """A shared token store on Redis; pass it as ``TokenClient(..., store=RedisStore(url))``.
 
-    ``url`` (``redis://`` or ``rediss://``, ACL user and password in it) or ``client`` (a
-    ``redis.Redis`` of yours, left open on close); ``prefix`` namespaces every key; ``lease``
-    is how long a refresh lock lives without renewal (renewed every third of it while the
-    refresh runs); ``wait`` bounds how long a process waits for another's refresh before
-    fetching itself; ``socket_timeout`` bounds every Redis call.
+    ``url`` (``redis://`` or ``rediss://``, ACL user and password in it) or ``client``: a
+    ``redis.Redis``, a Sentinel-managed master (``Sentinel(...).master_for(name)``) or a
+    ``redis.cluster.RedisCluster`` of yours, left open on close. ``prefix`` namespaces every
+    key (no braces: they would break the hash tags); ``lease`` is how long a refresh lock
+    lives without renewal (renewed every third of it while the refresh runs); ``wait`` caps
+    how long a process waits for another's refresh before fetching itself; ``socket_timeout``
+    bounds every Redis call (for clients this store creates); ``signing_key`` (bytes or str)
+    HMAC-signs every entry and drop notice and ignores any that are unsigned or wrongly
+    signed. Without it, anyone who can write to that Redis can inject tokens into every
+    process that uses it. ``clock``: whose wall clock entry lifetimes count from (the
+    system's; tests pass the client's ``FakeClock``).
     """
 
     def __init__(
@@ -70,6 +123,8 @@ class RedisStore:
         lease: float = 10.0,
         wait: float = 5.0,
         socket_timeout: float = 0.5,
+        signing_key: bytes | str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         try:
             import redis
@@ -79,65 +134,181 @@ class RedisStore:
             ) from exc
         if (url is None) == (client is None):
             raise ConfigurationError("give RedisStore either url= or client=, not both/neither")
-        if lease <= 0 or wait < 0 or socket_timeout <= 0:
-            raise ConfigurationError("lease and socket_timeout must be > 0 and wait >= 0")
+        for name, value in (("lease", lease), ("wait", wait), ("socket_timeout", socket_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value < 0 or (value == 0 and name != "wait"):
+                raise ConfigurationError(
+                    f"RedisStore {name} must be a finite number of seconds "
+                    f"({'>= 0' if name == 'wait' else '> 0'}), got {value!r}")
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                "RedisStore prefix must be a str without '{' or '}' (they are hash tags)")
+        if isinstance(signing_key, str):
+            signing_key = signing_key.encode("utf-8")
+        if signing_key is not None and (not isinstance(signing_key, bytes)
+                                        or len(signing_key) < 16):
+            raise ConfigurationError(
+                "RedisStore signing_key must be at least 16 bytes (for example "
+                "secrets.token_bytes(32)), shared by every process of the fleet")
         self._owns_client = client is None
         if client is None:
             client = redis.Redis.from_url(
                 str(url), socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                 retry_on_timeout=False, health_check_interval=30)
+        elif not all(callable(getattr(client, name, None))
+                     for name in ("get", "set", "publish", "pubsub", "register_script")):
+            raise ConfigurationError(
+                "RedisStore client= must be a redis.Redis, a Sentinel master_for(...) client "
+                f"or a redis.cluster.RedisCluster, got {type(client).__name__}")
         self._redis = client
         self._prefix = prefix
-        self._channel = f"{prefix}tokens"
-        self._lease_ms = int(lease * 1000)
-        self._wait = wait
+        self._channel = f"{prefix}drops"
+        self._lease_ms = max(1, int(lease * 1000))
+        self._wait = float(wait)
+        self._signing_key = signing_key
+        self._wall = (clock or SystemClock()).wall
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
-        self._origin = secrets.token_hex(8)
+        self._delete = client.register_script(_DELETE)
+        self._peek = client.register_script(_PEEK)
+        self._entries = _Streak()
+        self._notices = _Streak()
+        self._scopes: OrderedDict[str, str] = OrderedDict()  # scope hash -> scope
         self._init_threads()
 
     def _init_threads(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._announced: dict[Key, tuple[int, str]] = {}  # key -> (version, raw)
+        self._lock = threading.Lock()
         self._held: dict[str, str] = {}  # lock key -> owner id
         self._stop = threading.Event()
-        self._callback: Callable[[Key, str], None] | None = None
+        self._callbacks: list[Callable[[str, Key, str], None]] = []
         self._subscriber: threading.Thread | None = None
         self._renewer: threading.Thread | None = None
+        self._origin = secrets.token_hex(8)
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
-        return f"<RedisStore prefix={self._prefix!r}>"  # never the URL: it may hold a password
+        signed = ", signed" if self._signing_key else ""
+        return f"<RedisStore prefix={self._prefix!r}{signed}>"  # never the URL: a password
+
+    # -- names and encoding -------------------------------------------------------------
+
+    def _scope_hash(self, scope: str) -> str:
+        scope_hash = _hash(scope, 16)
+        if self._scopes.get(scope_hash) != scope:
+            with self._lock:
+                self._scopes[scope_hash] = scope
+                while len(self._scopes) > _MAX_SCOPES:
+                    self._scopes.popitem(last=False)
+        return scope_hash
+
+    def _names(self, scope: str, key: Key) -> tuple[str, str, str]:
+        """(scope hash, token key, lock key): one hash tag, so one cluster slot."""
+        scope_hash = self._scope_hash(scope)
+        key_hash = _hash(json.dumps(_key_list(key), separators=(",", ":")), 24)
+        base = f"{self._prefix}{{{scope_hash}.{key_hash}}}"
+        return scope_hash, f"{base}:tok", f"{base}:lock"
+
+    def _sign(self, label: str, name: str, payload: str) -> str:
+        if self._signing_key is None:
+            return ""
+        message = f"{label}\0{name}\0{payload}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()[:32]
+
+    def _seal(self, label: str, name: str, body: dict[str, object]) -> str:
+        payload = json.dumps(body, separators=(",", ":"), allow_nan=False)
+        return f"{_VERSION}.{self._sign(label, name, payload)}.{payload}"
+
+    def _open(self, label: str, name: str, value: object, limit: int
+              ) -> dict[str, Any] | str:
+        """The parsed body of an entry or notice, or why it is refused (a short reason)."""
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogatepass")
+        if not isinstance(value, bytes):
+            return "a value of an unexpected type"
+        if len(value) > limit:
+            return "an oversized value"
+        try:
+            version, signature, payload = value.decode("utf-8").split(".", 2)
+        except (UnicodeDecodeError, ValueError):
+            return "a malformed value"
+        if version != _VERSION:
+            return "a value of another format version"
+        if self._signing_key is not None and not hmac.compare_digest(
+                signature, self._sign(label, name, payload)):
+            return "an unsigned or wrongly signed value"
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError):
+            return "a value that does not parse"
+        return body if isinstance(body, dict) else "a value that is not an object"
+
+    def _entry(self, scope_hash: str, key: Key, name: str, value: object) -> StoredToken | None:
+        if value is None:
+            return None
+        body = self._open("entry", name, value, MAX_ENTRY_BYTES)
+        token: StoredToken | None = None
+        if isinstance(body, str):
+            reason = body
+        elif body.get("s") != scope_hash or body.get("k") != _key_list(key):
+            reason = "an entry written for another key"
+        else:
+            raw, expires_at, issued = body.get("r"), _number(body.get("e")), body.get("i")
+            issued_at = None if issued is None else _number(issued)
+            if not isinstance(raw, str) or not raw or expires_at is None \
+                    or (issued is not None and issued_at is None):
+                reason = "an entry with a malformed token or time"
+            else:
+                token = StoredToken(raw, expires_at, issued_at)
+                reason = ""
+        if token is None:
+            self._entries.bad(reason)
+        else:
+            self._entries.good()
+        return token
 
     # -- tokens -------------------------------------------------------------------------
 
-    def get(self, key: Key) -> str | None:
-        value = self._redis.get(f"{self._prefix}tok:{_encode_key(key)}")
-        if value is None:
-            return None
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    def get(self, scope: str, key: Key) -> StoredToken | None:
+        scope_hash, name, _ = self._names(scope, key)
+        return self._entry(scope_hash, key, name, self._redis.get(name))
 
-    def put(self, key: Key, raw: str, ttl: float) -> None:
-        encoded = _encode_key(key)
-        self._redis.set(f"{self._prefix}tok:{encoded}", raw, px=max(1, int(ttl * 1000)))
-        message = json.dumps({"k": list(key), "t": raw, "o": self._origin})
-        self._redis.publish(self._channel, message)
+    def put(self, scope: str, key: Key, token: StoredToken) -> None:
+        scope_hash, name, _ = self._names(scope, key)
+        ttl = min(token.expires_at - self._wall(), MAX_SHARED_LIFETIME)
+        if not ttl > 0:
+            return
+        value = self._seal("entry", name, {"s": scope_hash, "k": _key_list(key),
+                                           "r": token.raw, "e": token.expires_at,
+                                           "i": token.issued_at})
+        self._redis.set(name, value, px=max(1, int(ttl * 1000)))
+
+    def delete(self, scope: str, key: Key, raw: str) -> None:
+        """Compare-and-delete (the exact stored value, so a newer entry survives), then tell
+        the other processes, which stop serving that token if they hold it."""
+        scope_hash, name, _ = self._names(scope, key)
+        value = self._redis.get(name)
+        stored = self._entry(scope_hash, key, name, value)
+        if stored is not None and stored.raw == raw:
+            self._delete(keys=[name], args=[value])
+        notice = self._seal("drop", self._channel, {"s": scope_hash, "k": _key_list(key),
+                                                    "f": fingerprint(raw), "o": self._origin})
+        self._redis.publish(self._channel, notice)
 
     # -- fleet-wide refresh lock --------------------------------------------------------------
 
-    def try_lock(self, key: Key) -> object | None:
-        name = f"{self._prefix}lock:{_encode_key(key)}"
+    def try_lock(self, scope: str, key: Key) -> object | None:
+        _, _, name = self._names(scope, key)
         owner = secrets.token_hex(16)
         if not self._redis.set(name, owner, nx=True, px=self._lease_ms):
             return None
-        with self._cond:
+        with self._lock:
             self._held[name] = owner
             self._start_renewer()
         return (name, owner)
 
-    def unlock(self, key: Key, handle: object) -> None:
+    def unlock(self, scope: str, key: Key, handle: object) -> None:
         name, owner = cast("tuple[str, str]", handle)
-        with self._cond:
+        with self._lock:
             self._held.pop(name, None)
         self._unlock(keys=[name], args=[owner])
 
@@ -150,7 +321,7 @@ class RedisStore:
     def _renew_loop(self) -> None:
         """Extend the leases this process holds while its refreshes run long."""
         while not self._stop.wait(self._lease_ms / 3000):
-            with self._cond:
+            with self._lock:
                 held = list(self._held.items())
             for name, owner in held:
                 try:
@@ -158,14 +329,40 @@ class RedisStore:
                 except Exception:  # Redis down: the lease runs out, as for a crashed owner
                     _log.debug("swr_token: could not renew a refresh lease", exc_info=True)
 
-    # -- announcements --------------------------------------------------------------------
+    # -- waiting for another process's refresh ----------------------------------------------
 
-    def listen(self, callback: Callable[[Key, str], None]) -> None:
-        self._callback = callback
+    def wait(self, scope: str, key: Key, timeout: float) -> StoredToken | None:
+        """Poll the one entry (and its lock) with a growing pause, 20 ms up to 250 ms, for
+        at most ``min(timeout, wait)`` seconds; return early when the entry changes or the
+        lock is released. About 5 polls for a 200 ms refresh, 25 at most in 5 s."""
+        scope_hash, name, lock = self._names(scope, key)
+        deadline = time.monotonic() + max(0.0, min(timeout, self._wait))
+        first, held = self._poll(name, lock)
+        value, pause = first, 0.02
+        while held and value == first:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.wait(min(pause, left)):
+                break
+            pause = min(pause * 1.5, 0.25)
+            value, held = self._poll(name, lock)
+        return self._entry(scope_hash, key, name, value)
+
+    def _poll(self, name: str, lock: str) -> tuple[object, bool]:
+        answer = self._peek(keys=[name, lock])
+        if not isinstance(answer, list | tuple) or len(answer) != 2:
+            return None, False
+        return answer[0], bool(answer[1])
+
+    # -- drop notices ---------------------------------------------------------------------
+
+    def listen(self, callback: Callable[[str, Key, str], None]) -> None:
+        with self._lock:
+            if callback not in self._callbacks:
+                self._callbacks.append(callback)
         self._start_subscriber()
 
     def _start_subscriber(self) -> None:
-        with self._cond:
+        with self._lock:
             if self._subscriber is not None and self._subscriber.is_alive():
                 return
             self._subscriber = threading.Thread(target=self._subscribe_loop, daemon=True,
@@ -182,8 +379,8 @@ class RedisStore:
                 pause = 0.5
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._on_message(message.get("data"))
+                    if isinstance(message, dict) and message.get("type") == "message":
+                        self._on_notice(message.get("data"))
             except Exception:
                 # Redis is down or dropped us: retry with a growing pause, quietly (the
                 # client logs the degradation once when its own calls fail).
@@ -196,52 +393,31 @@ class RedisStore:
                     except Exception:
                         _log.debug("swr_token: closing a Redis subscription failed")
 
-    def _on_message(self, data: object) -> None:
+    def _on_notice(self, data: object) -> None:
+        """One drop notice; whatever it holds, it never raises into the subscriber."""
         try:
-            text = data.decode("utf-8") if isinstance(data, bytes) else str(data)
-            message = json.loads(text)
-            key = _decode_key(message.get("k"))
-            raw = message.get("t")
-            origin = message.get("o")
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            return  # garbage on the channel: ignored
-        if key is None or not isinstance(raw, str) or not raw:
-            return
-        with self._cond:
-            version = self._announced.get(key, (0, ""))[0] + 1
-            self._announced[key] = (version, raw)
-            self._cond.notify_all()
-        callback = self._callback
-        if callback is not None and origin != self._origin:
-            try:
-                callback(key, raw)
-            except Exception:
-                _log.exception("swr_token: adopting an announced token failed")
-
-    def wait(self, key: Key) -> str | None:
-        """Wait (at most ``wait`` seconds) for an announcement for ``key``; then read once."""
-        self._start_subscriber()
-        deadline = time.monotonic() + self._wait
-        with self._cond:
-            seen = self._announced.get(key, (0, ""))[0]
-            while True:
-                version, raw = self._announced.get(key, (0, ""))
-                if version != seen:
-                    return raw
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                # Bounded slices: a message lost while the subscriber reconnected is caught
-                # by the read below, not by polling fast.
-                self._cond.wait(min(left, 1.0))
-        return self.get(key)
+            body = self._open("drop", self._channel, data, MAX_NOTICE_BYTES)
+            if isinstance(body, str):
+                self._notices.bad(body.replace("value", "drop notice"))
+                return
+            key, scope, fp = body.get("k"), self._scopes.get(str(body.get("s"))), body.get("f")
+            if not (isinstance(key, list) and len(key) == 4
+                    and all(part is None or isinstance(part, str) for part in key)
+                    and isinstance(fp, str) and len(fp) == 10):
+                self._notices.bad("a malformed drop notice")
+                return
+            self._notices.good()
+            if scope is None or body.get("o") == self._origin:
+                return  # another service's scope, or our own notice
+            for callback in list(self._callbacks):
+                callback(scope, (key[0], key[1], key[2], key[3]), fp)
+        except Exception:
+            _log.exception("swr_token: handling a drop notice failed; listening on")
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         if self._owns_client:
             try:
                 self._redis.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from ._errors import (
 from ._parking import Parking
 from ._request import TokenRequest
 from ._retry import RetryPolicy, SourcePacer, jittered_backoff
-from ._store import SharedStore
+from ._store import SharedStore, StoredToken, token_from_stored
 from ._timer import Timer
 from ._token import Token
 
@@ -172,7 +173,7 @@ class Refresher:
         flight.attempt += 1
         paced = self.pacer.paced()
         try:
-            token, from_source = self._fetch(flight)
+            token, from_source, issued = self._fetch(flight)
         except TokenError as exc:
             error: TokenError = exc
         except PROGRAMMING_ERRORS as exc:
@@ -188,7 +189,7 @@ class Refresher:
             self._bug_logged = False
             if from_source and self.pacer.answered():
                 self.parking.release()
-            self._succeed(flight, token)
+            self._succeed(flight, token, issued)
             return
         now = self.clock.deadline()
         transient = isinstance(error, TokenFetchError)
@@ -230,39 +231,66 @@ class Refresher:
                        flight.request.describe(), exc_info=bug)
         self._fail(flight, bug, self.clock.deadline())
 
-    def _fetch(self, flight: Flight) -> tuple[Token, bool]:
+    def _fetch(self, flight: Flight) -> tuple[Token, bool, float]:
         """One attempt: from the shared store if another process has a newer token, else
-        from the source (under the store's fleet-wide lock when there is a store)."""
+        from the source (under the store's fleet-wide lock when there is a store).
 
-        def call_source() -> Token:
+        Returns the token, whether the source was called, and the token's issue time (its
+        freshness order: for a shared opaque token the writer's, bounded by now)."""
+
+        def call_source() -> tuple[Token, float]:
             self.counters.fetches += 1
-            return self._receive(self.source(flight.request))
+            token = self._receive(self.source(flight.request))
+            iat = token.issued_at
+            # An opaque token is ordered by when it arrived, on a wall clock that a step
+            # after start-up cannot move backwards (a newer token never ranks older).
+            steady_wall = self.started_wall + (self.clock.deadline() - self.started_deadline)
+            return token, steady_wall if iat is None else iat
 
-        if self.shared is None:
-            return call_source(), True
+        shared = self.shared
+        if shared is None:
+            token, issued = call_source()
+            return token, True, issued
         if flight.own:
             # skip_cache: a request of its own, never a shared token; the result is shared.
-            token = call_source()
-            self.shared.put(flight.key, token.raw, token.remaining())
-            return token, True
-        return self.shared.fetch(
+            token, issued = call_source()
+            shared.put(flight.key, StoredToken(token.raw, token.expires_at, issued))
+            return token, True, issued
+        now = self.clock.deadline()
+        if flight.background and flight.stop_at is not None:
+            budget = flight.stop_at - now
+        else:  # leave half the caller's budget for fetching here if the other never answers
+            budget = (flight.started_at + self.fetch_timeout - now) / 2
+        (token, issued), from_source = shared.fetch(
             flight.key, call_source,
-            lambda raw: self.accept_shared(flight.entry, raw, flight=flight),
-            lambda token: (token.raw, token.remaining()))
+            lambda stored: self.accept_shared(flight.entry, stored, flight=flight),
+            lambda pair: StoredToken(pair[0].raw, pair[0].expires_at, pair[1]),
+            wait=budget)
+        return token, from_source, issued
 
-    def accept_shared(self, entry: Entry, raw: str, *, flight: Flight | None = None
-                      ) -> Token | None:
-        """A token from another process, if it is usable here.
+    def accept_shared(self, entry: Entry, stored: StoredToken, *, flight: Flight | None = None
+                      ) -> tuple[Token, float] | None:
+        """A token from another process (with its issue time), if it is usable here.
 
-        The checks clerk-js makes on a broadcast: it parses, it belongs to this key, it is
-        not expired (here: not critical), and its ``iat`` is higher than the local one. For a
-        running ``flight`` the local token may already be this one (adopted from an
-        announcement meanwhile), which is fine; a refresh wants a token that is not stale.
+        The checks clerk-js makes on a broadcast: it parses, passes the verifier, belongs to
+        this key, is not expired (here: not critical), and is newer than the local one. Its
+        issue time is the JWT's ``iat``, else the writer's, never later than now (a forged
+        future time must not make it outrank every later token). For a running ``flight``
+        the local token may already be this one, which is fine; a refresh wants a token
+        that is not stale.
         """
+        wall = self.clock.wall()
+        rebuilt = token_from_stored(stored, wall)
+        if rebuilt is None:
+            return None
         try:
-            token = self._receive(Token(raw))
+            token = self._receive(rebuilt)
         except TokenError:
             return None
+        issued = token.issued_at
+        if issued is None:
+            issued = stored.issued_at if isinstance(stored.issued_at, float | int) else 0.0
+        issued = min(float(issued), wall) if math.isfinite(issued) else 0.0
         session_id = entry.key[0]
         sid = token.claims.get("sid")
         if sid is not None and session_id is not None and sid != session_id:
@@ -275,9 +303,9 @@ class Refresher:
         if refreshing and remaining < threshold:
             return None
         current = entry.resolved
-        if current is None or (flight is not None and current.raw == raw):
-            return token  # for a flight: already adopted from an announcement meanwhile
-        return token if (token.issued_at or 0.0) > current.order[0] else None
+        if current is None or (flight is not None and current.raw == token.raw):
+            return token, issued  # for a flight: already here meanwhile
+        return (token, issued) if issued > current.order[0] else None
 
     def _receive(self, result: object) -> Token:
         if isinstance(result, str):
@@ -300,7 +328,7 @@ class Refresher:
 
     # -- outcomes -----------------------------------------------------------------------
 
-    def _succeed(self, flight: Flight, token: Token) -> None:
+    def _succeed(self, flight: Flight, token: Token, issued: float) -> None:
         now = self.clock.deadline()
         published: Published | None = None
         with self.cache.lock:
@@ -312,8 +340,7 @@ class Refresher:
                 entry = self.cache.entry_for(flight.key, now)
             elif entry.flight is flight:
                 entry.flight = None
-            result = self.cache.publish(entry, token, order=(token.issued_at or 0.0, flight.seq),
-                                        now=now)
+            result = self.cache.publish(entry, token, order=(issued, flight.seq), now=now)
             published = result.published
             if flight.own:
                 pass
@@ -341,12 +368,17 @@ class Refresher:
             self._retire(flight)  # already settled (closed, or timed out while hung)
             return
         self.counters.failures += 1
+        dropped = None
         with self.cache.lock:
             self.flights.discard(flight)
             entry = flight.entry
             if not flight.own and entry.flight is flight:
                 entry.flight = None
-                self._record_failure(entry, error, now, flight.background)
+                dropped = self._record_failure(entry, error, now, flight.background)
+        if dropped is not None and self.shared is not None:
+            # Fail closed fleet-wide: the store forgets the refused token (unless a newer one
+            # replaced it) and the other processes are told to stop serving it.
+            self.shared.drop(entry.key, dropped.raw, dropped.token.expires_at)
         _settle(flight, None, error)
         # A bug in the source is not a TokenError: it is logged, not passed to the hook.
         if (self.on_refresh_error is not None and isinstance(error, TokenError)
@@ -354,29 +386,33 @@ class Refresher:
             _call_hook(self.on_refresh_error, flight.request, error)
 
     def _record_failure(self, entry: Entry, error: Exception, now: float,
-                        background: bool) -> None:
+                        background: bool) -> Published | None:
+        """Back off, fail fast for a while; a rejection drops the token (returned)."""
         if isinstance(error, InvalidTokenError):
             # Not the issuer's mood but a bad token: no fail-fast window; only a refresh
             # backs off, so stale reads do not each ask again.
             if background:
                 entry.streak += 1
                 self._back_off(entry, now)
-            return
+            return None
         entry.streak += 1
         self._back_off(entry, now)
         entry.fail_error = error
         entry.fail_until = max(now + random.uniform(1.0, 1.3), self.pacer.next_slot)
         # A rejection fails closed: the issuer said no, so stop serving the token it refuses.
-        if isinstance(error, TokenRejectedError) and (
-                self.cache.drop(entry, now) is not None or entry.streak == 1):
-            _log.warning("swr_token: token for %s rejected: %s",
-                         TokenRequest(*entry.key).describe(), error)
+        dropped = None
+        if isinstance(error, TokenRejectedError):
+            dropped = self.cache.drop(entry, now)
+            if dropped is not None or entry.streak == 1:
+                _log.warning("swr_token: token for %s rejected: %s",
+                             TokenRequest(*entry.key).describe(), error)
         snap = entry.resolved
         if background and snap is not None and self.pacer.paced() \
                 and isinstance(error, TokenFetchError):
             self.parking.park(entry)
         elif snap is not None and snap.deadline - snap.margin > entry.backoff_until:
             self.cache.push_due(entry.backoff_until, 0, entry, snap)
+        return dropped
 
     def _park(self, flight: Flight, error: TokenError) -> None:
         """A refresh the pacer refused: no request, no growing backoff; wait for a probe."""
