@@ -1,9 +1,9 @@
 """The cache: per-key entries, published snapshots, and the ordered due times.
 
-Readers read ``entry.resolved`` (an immutable :class:`Published`) without a lock; a new
-snapshot is published by one attribute assignment under the lock, so a reader sees the old
-token or the new one, never half of each. Everything that mutates a container or an entry's
-refresh state holds ``Cache.lock``.
+Readers read ``entry.resolved`` (a :class:`Published`) without a lock; a new snapshot is
+published by one attribute assignment under the lock, so a reader sees the old token or the
+new one, never half of each. Everything that mutates a container or an entry's refresh state
+holds ``Cache.lock``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from ._token import Token, effective_margin, effective_threshold, fingerprint
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Cache", "Entry", "Flight", "Key", "Published"]
+    from ._clock import Clock
+
+__all__ = ["Cache", "Entry", "Flight", "Key", "Offsets", "Published"]
 
 _log = logging.getLogger("swr_token")
 
@@ -37,15 +39,48 @@ Key = tuple[str | None, str | None, str | None, str | None]
 _STALE = 0  # the token enters the stale zone: refresh it if it was read since its fetch
 _EXPIRE = 1  # the token is dead (or the entry empty): evict the entry if nothing needs it
 
+# The fast bounds end this much before the exact instant: more than the float rounding of
+# ``fresh_until + offset`` at epoch magnitudes (~1e-7 s), so they never round the wrong way.
+_SLACK = 1e-6
+# A change of either clock offset beyond this is a step or a suspend, not measuring jitter.
+_OFFSET_MOVED = 1e-3
+
+
+class Offsets:
+    """The monotonic and wall clocks' offsets from the deadline clock at one moment."""
+
+    __slots__ = ("monotonic", "read_at_monotonic", "wall")
+
+    def __init__(self, clock: Clock, monotonic: Callable[[], float]) -> None:
+        # The deadline clock is read last, so both offsets come out a little small: bounds
+        # built on them end early, never late.
+        mono = monotonic()
+        wall = clock.wall()
+        deadline = clock.deadline()
+        self.monotonic = mono - deadline
+        self.wall = wall - deadline
+        self.read_at_monotonic = mono
+
+    def moved_from(self, other: Offsets) -> bool:
+        return (abs(self.monotonic - other.monotonic) > _OFFSET_MOVED
+                or abs(self.wall - other.wall) > _OFFSET_MOVED)
+
 
 class Published:
-    """An immutable snapshot of one cached token with the thresholds that apply to it."""
+    """A snapshot of one cached token with the thresholds that apply to it.
 
-    __slots__ = ("deadline", "fresh_from", "fresh_until", "margin", "order", "raw",
-                 "received_at", "threshold", "token")
+    Immutable but for the two fast bounds, ``mono_until`` and ``wall_until``: the fresh-token
+    read serves the token while ``monotonic() <= mono_until and wall() <= wall_until``. Each
+    bound alone ends no later than the token's fresh zone on its own clock as it ran when it
+    was set; :meth:`rebase` resets both after a suspend or a wall step. A reader that sees
+    one old and one new bound is still safe: the new one is exact.
+    """
+
+    __slots__ = ("deadline", "fresh_from", "fresh_until", "margin", "mono_until", "order", "raw",
+                 "received_at", "received_mono", "threshold", "token", "wall_until")
 
     def __init__(self, token: Token, *, threshold: float, margin: float, received_at: float,
-                 order: tuple[float, int]) -> None:
+                 order: tuple[float, int], offsets: Offsets) -> None:
         self.token = token
         self.raw = token.raw
         self.deadline = token.deadline
@@ -62,7 +97,21 @@ class Published:
             fresh_until = math.nextafter(fresh_until, -math.inf)
         self.fresh_until = fresh_until
         self.received_at = received_at
+        #: When it was published, on the monotonic clock (as ``Entry.last_read``).
+        self.received_mono = offsets.read_at_monotonic
         self.order = order
+        self.mono_until = self.wall_until = -math.inf
+        self.rebase(offsets)
+
+    def rebase(self, offsets: Offsets) -> None:
+        """Translate ``fresh_until`` onto the monotonic and wall clocks as they run now.
+
+        A suspend (monotonic stood still) or a wall step leaves one bound wrong; the other
+        still holds, and a token only counts as fresh while both do. A suspend followed by a
+        backward wall step would fool both, so the poller rebases when an offset moves.
+        """
+        self.mono_until = self.fresh_until + offsets.monotonic - _SLACK
+        self.wall_until = self.fresh_until + offsets.wall - _SLACK
 
 
 class Flight:
@@ -98,7 +147,8 @@ class Flight:
 
 class Entry:
     """Everything known about one key. Only ``resolved`` and ``last_read`` are touched
-    without the lock (one read and one plain store on the hit path)."""
+    without the lock (one read and one plain store on the hit path). ``last_read`` is on the
+    monotonic clock, the one the hit path reads."""
 
     __slots__ = ("backoff_epoch", "backoff_until", "dropped", "fail_error", "fail_until",
                  "flight", "key", "last_read", "newest", "resolved", "streak")
@@ -129,9 +179,14 @@ class PublishResult:
 class Cache:
     """Entries by key, their lock, the ordered due times, and bounded size."""
 
-    def __init__(self, *, threshold: float, margin: float, max_entries: int,
+    def __init__(self, *, threshold: float, margin: float, max_entries: int, clock: Clock,
+                 monotonic: Callable[[], float],
                  jitter: Callable[[float], float] | None = None) -> None:
         self.lock = threading.Lock()
+        self._clock = clock
+        self._monotonic = monotonic
+        #: The clock offsets last seen, to notice a suspend or a wall step.
+        self._offsets = Offsets(clock, monotonic)
         self.entries: dict[Key, Entry] = {}
         # The same entries again, for keys that are a session id alone: the common case
         # skips building and hashing a 4-tuple on the hot path. Kept in step under the lock.
@@ -228,7 +283,8 @@ class Cache:
             return PublishResult(None, progress=not stale_on_arrival)
         if entry.dropped is not None and entry.dropped == fingerprint(token.raw):
             return PublishResult(None, progress=False)
-        snap = Published(token, threshold=threshold, margin=margin, received_at=now, order=order)
+        snap = Published(token, threshold=threshold, margin=margin, received_at=now, order=order,
+                         offsets=Offsets(self._clock, self._monotonic))
         entry.resolved = snap
         entry.newest = order
         if self.entries.get(entry.key) is not entry:
@@ -266,7 +322,7 @@ class Cache:
             if kind == _STALE:
                 if entry.resolved is not snap or snap is None:
                     continue  # superseded by a newer token, which has its own record
-                if entry.last_read > snap.received_at:
+                if entry.last_read > snap.received_mono:
                     refresh.append(entry)
                 else:
                     self.push_due(snap.deadline, _EXPIRE, entry, snap)
@@ -277,6 +333,18 @@ class Cache:
                 elif entry.resolved is snap:
                     self.push_due(max(now, entry.fail_until) + 1.0, _EXPIRE, entry, snap)
         return refresh
+
+    def rebase_if_clocks_moved(self) -> bool:
+        """After a suspend or a wall step, rebase every snapshot's fast bounds (O(keys), but
+        only then); otherwise three clock reads. Returns whether the offsets had moved."""
+        offsets = Offsets(self._clock, self._monotonic)
+        if not offsets.moved_from(self._offsets):
+            return False
+        self._offsets = offsets
+        for entry in self.entries.values():
+            if entry.resolved is not None:
+                entry.resolved.rebase(offsets)
+        return True
 
     def clear(self) -> None:
         self.entries = {}

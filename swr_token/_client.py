@@ -1,12 +1,13 @@
 """``TokenClient``: the public front of the cache and the refresh machinery.
 
 The decision table of SPEC section 3 lives in :meth:`TokenClient._get`; the fresh-token case
-is inlined in :meth:`TokenClient.get_token` as a dictionary read, one clock read and one
-comparison, without a lock.
+is inlined in :meth:`TokenClient.get_token` as a dictionary read, two argument-less clock reads
+(monotonic and wall) and two comparisons, without a lock.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import weakref
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from . import _fork
 from ._cache import Cache, Entry, Flight, Key
@@ -28,7 +29,7 @@ from ._store import SharedStore, TokenStore, source_identity
 from ._timer import Timer
 from ._token import Freshness, Token, classify, effective_threshold, fingerprint
 
-__all__ = ["TokenClient"]
+__all__ = ["GetTokenOptions", "TokenClient"]
 
 _log = logging.getLogger("swr_token")
 
@@ -47,6 +48,18 @@ def _check_key(key: Key) -> None:
             raise TypeError(f"{name} must be a str or None, got {type(part).__name__}")
         if not part:
             raise ConfigurationError(f"{name} must not be empty; pass None to leave it out")
+
+
+class GetTokenOptions(TypedDict, total=False):
+    """The keyword-only options of :meth:`TokenClient.get_token`, for type checkers."""
+
+    template: str | None
+    organization_id: str | None
+    audience: str | None
+    skip_cache: bool
+    refresh_if_stale: bool
+    background_refresh_threshold: float | None
+    timeout: float | None
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
@@ -116,7 +129,13 @@ class TokenClient:
             raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
         self._clock: Clock = clock or SystemClock()
         self._now = self._clock.deadline
-        self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries)
+        # The fresh-token read's two clocks; a clock without ``monotonic`` lends its deadline
+        # clock (suspend-aware already, so the wall check only adds safety).
+        self._monotonic: Callable[[], float] = getattr(self._clock, "monotonic",
+                                                       self._clock.deadline)
+        self._wall: Callable[[], float] = self._clock.wall
+        self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries,
+                            clock=self._clock, monotonic=self._monotonic)
         # The hot path reads these dicts without the lock; close() swaps in empty ones.
         self._entries: dict[Key, Entry] = self._cache.entries
         self._by_session: dict[str | None, Entry] = self._cache.by_session
@@ -148,7 +167,40 @@ class TokenClient:
 
     # -- reading ------------------------------------------------------------------------
 
-    def get_token(
+    def get_token(self, session_id: str | None = None,
+                  **options: Unpack[GetTokenOptions]) -> str:
+        """Return a usable token for the key, waiting only when no servable token exists.
+
+        Options (keyword-only): ``template``, ``organization_id``, ``audience``,
+        ``skip_cache``, ``refresh_if_stale``, ``background_refresh_threshold``, ``timeout``.
+        Raises :class:`TokenRejectedError`, :class:`TokenFetchError` (also when ``timeout``
+        seconds pass), :class:`InvalidTokenError` or :class:`ClientClosedError`.
+        """
+        # The options arrive as ``**options`` rather than as keyword-only parameters with
+        # defaults because CPython resolves each absent keyword-only default with a dict
+        # lookup on every call: ~90 ns for these seven, more than the whole fresh read.
+        # ``_get_token`` has the public signature (and binds, checks and names the options).
+        if options:
+            return self._get_token(session_id, **options)
+        # The fresh-token case, inlined (see ``_serve_fresh``): no lock, no deadline clock.
+        try:
+            entry = self._by_session[session_id]  # a subscript is cheaper than .get()
+        except (KeyError, TypeError):
+            pass  # not cached, or unhashable (``_get`` says which argument): the slow path
+        else:
+            snap = entry.resolved
+            if snap is not None:
+                monotonic = self._monotonic  # a local: calling an attribute is slower
+                now = monotonic()
+                if now <= snap.mono_until:
+                    wall = self._wall
+                    if wall() <= snap.wall_until:
+                        entry.last_read = now  # a plain store: "read since its fetch"
+                        self._counters.hits += 1
+                        return snap.raw
+        return self._get((session_id, None, None, None), False, False, None, None).raw
+
+    def _get_token(
         self,
         session_id: str | None = None,
         *,
@@ -160,29 +212,39 @@ class TokenClient:
         background_refresh_threshold: float | None = None,
         timeout: float | None = None,
     ) -> str:
-        """Return a usable token for the key, waiting only when no servable token exists.
+        """:meth:`get_token` with its options spelled out: the public signature."""
+        key = (session_id, template, organization_id, audience)
+        if not (skip_cache or refresh_if_stale) and background_refresh_threshold is None:
+            try:
+                entry = self._entries.get(key)
+            except TypeError:  # an unhashable key part: _get says which argument
+                entry = None
+            raw = self._serve_fresh(entry)
+            if raw is not None:
+                return raw
+        return self._get(key, skip_cache, refresh_if_stale, background_refresh_threshold,
+                         timeout).raw
 
-        Raises :class:`TokenRejectedError`, :class:`TokenFetchError` (also when ``timeout``
-        seconds pass), :class:`InvalidTokenError` or :class:`ClientClosedError`.
+    get_token.__signature__ = inspect.signature(_get_token)  # type: ignore[attr-defined]
+
+    def _serve_fresh(self, entry: Entry | None) -> str | None:
+        """The cached token if both fast clocks say it is fresh, else ``None``.
+
+        Each clock has a blind spot the other covers: monotonic stands still in a suspend
+        (the wall clock moves on), the wall clock can be stepped back (monotonic cannot).
+        Everything else takes the slow path, which classifies on the deadline clock.
         """
-        try:
-            if template is None and organization_id is None and audience is None:
-                entry = self._by_session.get(session_id)
-            else:
-                entry = self._entries.get((session_id, template, organization_id, audience))
-        except TypeError:  # an unhashable key part: _get says which argument
-            entry = None
-        if entry is not None and not (skip_cache or refresh_if_stale) \
-                and background_refresh_threshold is None:
-            snap = entry.resolved
-            if snap is not None:
-                now = self._now()
-                if now <= snap.fresh_until:  # remaining >= threshold, precomputed
-                    entry.last_read = now  # a plain store: "read since its fetch"
-                    self._counters.hits += 1
-                    return snap.raw
-        return self._get((session_id, template, organization_id, audience), skip_cache,
-                         refresh_if_stale, background_refresh_threshold, timeout).raw
+        if entry is None:
+            return None
+        snap = entry.resolved
+        if snap is None:
+            return None
+        now = self._monotonic()
+        if now <= snap.mono_until and self._wall() <= snap.wall_until:
+            entry.last_read = now
+            self._counters.hits += 1
+            return snap.raw
+        return None
 
     def get_token_info(
         self,
@@ -228,7 +290,7 @@ class TokenClient:
                 limit = effective_threshold(threshold, snap.token.lifetime, snap.margin)
             zone = classify(snap.deadline - now, limit, snap.margin)
             if zone is Freshness.FRESH or (zone is Freshness.STALE and not refresh_if_stale):
-                entry.last_read = now
+                entry.last_read = self._monotonic()
                 if zone is Freshness.FRESH:
                     self._counters.hits += 1
                 else:
@@ -336,6 +398,9 @@ class TokenClient:
         with self._cache.lock:
             if self._closed:
                 return
+            if self._cache.rebase_if_clocks_moved():
+                _log.debug("swr_token: the machine was suspended or the wall clock stepped; "
+                           "the fresh-token bounds follow the clocks again")
             due = self._cache.pop_due(now)
         for entry in due:
             self._refresh_in_background(entry, now)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
+
 import swr_token
 
 SPEC_NAMES = {
@@ -43,6 +45,19 @@ def test_spec_signatures() -> None:
     assert list(token)[:3] == ["raw", "expires_in", "server_time"]
     for name in ("stats", "close", "__enter__", "__exit__"):
         assert callable(getattr(swr_token.TokenClient, name))
+
+
+def test_get_token_options_are_keyword_only_and_checked() -> None:
+    params = inspect.signature(swr_token.TokenClient.get_token).parameters
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY
+               for name in list(params)[2:])
+    with swr_token.TokenClient(lambda _r: swr_token.Token("opaque", expires_in=300)) as client:
+        assert client.get_token("s") == "opaque"
+        assert client.get_token(session_id="s", template=None, timeout=1.0) == "opaque"
+        with pytest.raises(TypeError, match="positional"):
+            client.get_token("s", "a-template")  # type: ignore[misc]
+        with pytest.raises(TypeError, match="templat"):
+            client.get_token("s", templat="x")  # type: ignore[call-arg]
 
 
 def test_error_hierarchy() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from swr_token import Freshness, InvalidTokenError, Token, classify
 from swr_token._token import effective_margin, effective_threshold, remaining_at_receipt
+from swr_token.testing import FakeClock
 
 F, S, C = Freshness.FRESH, Freshness.STALE, Freshness.CRITICAL
 
@@ -170,12 +171,13 @@ def test_opaque_token_with_expires_in() -> None:
     assert token.issued_at is None
 
 
-def test_hot_path_bound_never_serves_what_classify_would_not() -> None:
-    """The precomputed ``fresh_until`` agrees with classify() at and around every boundary,
-    including awkward floats and the threshold at its floor."""
+def test_hot_path_bounds_never_serve_what_classify_would_not() -> None:
+    """The precomputed fast bounds agree with classify() at and around every boundary,
+    including awkward floats, the threshold at its floor, and clocks offset by epoch-sized
+    amounts: a reading within both bounds is a fresh token on the deadline clock."""
     import random
 
-    from swr_token._cache import Published
+    from swr_token._cache import Offsets, Published
 
     rng = random.Random(7)
     for _ in range(3000):
@@ -185,9 +187,18 @@ def test_hot_path_bound_never_serves_what_classify_would_not() -> None:
         token = Token(_jwt({"iat": NOW, "exp": NOW + 60})).received(
             deadline_now=deadline - 60, deadline_clock=lambda: 0.0, wall_now=NOW,
             started_wall_now=NOW)
+        clock = FakeClock(deadline=deadline - 60, wall=rng.uniform(1e9, 2e9),
+                          monotonic=rng.uniform(0, 1e6))
+        offsets = Offsets(clock, clock.monotonic)
         snap = Published(token, threshold=threshold, margin=margin, received_at=0.0,
-                         order=(0.0, 0))
+                         order=(0.0, 0), offsets=offsets)
         for now in (snap.fresh_until, math.nextafter(snap.fresh_until, math.inf),
-                    token.deadline - threshold, token.deadline - margin):
+                    snap.fresh_until - 1e-7, token.deadline - threshold,
+                    token.deadline - margin):
             if now <= snap.fresh_until:
+                assert classify(token.deadline - now, threshold, margin) is F
+            # The clocks as they would read at deadline-clock time ``now``.
+            mono_now, wall_now = now + offsets.monotonic, now + offsets.wall
+            if mono_now <= snap.mono_until and wall_now <= snap.wall_until:
+                assert now <= snap.fresh_until
                 assert classify(token.deadline - now, threshold, margin) is F
