@@ -8,10 +8,16 @@ fetched — and the request is sent once more with a fresh token when its body c
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import cachetools
 import requests
 import requests.auth
 
@@ -22,8 +28,40 @@ from ._request import TokenRequest
 
 __all__ = ["BearerAuth", "bearer_session"]
 
+_log = logging.getLogger(__name__)
+
 Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: Default ``min_refresh_interval``: at most one 401-driven refresh per key per 30 s.
+MIN_REFRESH_INTERVAL = 30.0
+
+
+class _RefreshThrottle:
+    """When each key of one client last had its token replaced because of a 401.
+
+    Shared by every ``BearerAuth`` on that client (one made per request throttles too);
+    bounded (least recently refreshed keys forgotten first) and thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: key -> (monotonic time of the last 401-driven refresh, throttling logged since)
+        self.last: cachetools.LRUCache[TokenRequest, tuple[float, bool]] = \
+            cachetools.LRUCache(10_000)
+
+
+_throttles: weakref.WeakKeyDictionary[TokenClient, _RefreshThrottle] = \
+    weakref.WeakKeyDictionary()
+_throttles_lock = threading.Lock()
+
+
+def _throttle_for(client: TokenClient) -> _RefreshThrottle:
+    with _throttles_lock:
+        throttle = _throttles.get(client)
+        if throttle is None:
+            throttle = _throttles[client] = _RefreshThrottle()
+        return throttle
 
 
 def origin_of(url: str) -> Origin | None:
@@ -97,6 +135,12 @@ class BearerAuth(requests.auth.AuthBase):
     with a fresh one, through the same connection adapter, if its body is in memory (none,
     bytes, str, form or JSON; not a generator or a file); the first response is kept in
     ``response.history``. Otherwise, or if the fresh token is the same, the 401 is returned.
+
+    ``min_refresh_interval`` (30 s; 0 turns it off): 401s replace a key's token at most once
+    per interval, across every ``BearerAuth`` of the client, so an API that refuses every
+    token cannot turn requests into token mints. Inside the interval a 401 on the current
+    token is returned as is (no new token, no retry; logged once per interval); a 401 on a
+    token older than the client's current one is still retried with the current one.
     Errors getting a token (:class:`TokenError`) propagate from the ``requests`` call.
     Thread-safe: it keeps no per-request state.
     """
@@ -110,7 +154,15 @@ class BearerAuth(requests.auth.AuthBase):
         organization_id: str | None = None,
         audience: str | None = None,
         origins: str | Iterable[str],
+        min_refresh_interval: float = MIN_REFRESH_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if (isinstance(min_refresh_interval, bool)
+                or not isinstance(min_refresh_interval, int | float)
+                or not math.isfinite(min_refresh_interval) or min_refresh_interval < 0):
+            raise ConfigurationError(
+                "min_refresh_interval must be a number of seconds >= 0 (0: no throttle), got "
+                f"{min_refresh_interval!r}")
         if not (callable(getattr(client, "get_token", None))
                 and callable(getattr(client, "invalidate", None))):
             raise ConfigurationError("client must be a swr_token.TokenClient")
@@ -125,6 +177,10 @@ class BearerAuth(requests.auth.AuthBase):
         self._client = client
         self._key = TokenRequest(session_id, template, organization_id, audience)
         self._origins = parsed
+        self._interval = float(min_refresh_interval)
+        self._clock = clock
+        self._throttle = _throttle_for(client) if isinstance(client, TokenClient) \
+            else _RefreshThrottle()
 
     @property
     def origins(self) -> frozenset[Origin]:
@@ -158,10 +214,7 @@ class BearerAuth(requests.auth.AuthBase):
             return r
         if r.status_code != 401:
             return r
-        k = self._key
-        self._client.invalidate(k.session_id, template=k.template,
-                                organization_id=k.organization_id, audience=k.audience,
-                                token=sent)
+        self._drop_refused(sent)
         if not _replayable(request.body):
             return r
         try:
@@ -185,6 +238,29 @@ class BearerAuth(requests.auth.AuthBase):
             _keep_on_origin(response, request, origin)
         return response
 
+    def _drop_refused(self, sent: str) -> None:
+        """Invalidate the refused token unless the key's last 401-driven refresh was less
+        than ``min_refresh_interval`` ago (then the 401 stands and the token stays)."""
+        k = self._key
+        throttle = self._throttle
+        # Under the throttle's lock, so that of two threads refused together one refreshes
+        # and the other, finding the token already dropped, waits for that same refresh.
+        with throttle.lock:
+            now = self._clock()
+            last = throttle.last.get(k)
+            if last is not None and now - last[0] < self._interval:
+                if not last[1]:
+                    throttle.last[k] = (last[0], True)
+                    _log.warning(
+                        "a 401 for %s within %g s of the last 401-driven refresh: returned "
+                        "as is, without a new token (BearerAuth min_refresh_interval)",
+                        k.describe(), self._interval)
+                return
+            if self._client.invalidate(k.session_id, template=k.template,
+                                       organization_id=k.organization_id,
+                                       audience=k.audience, token=sent):
+                throttle.last[k] = (now, False)
+
     def __repr__(self) -> str:
         origins = ", ".join(sorted(_show(o) for o in self._origins))
         return f"<BearerAuth {self._key.describe()} origins=[{origins}]>"
@@ -199,11 +275,13 @@ def bearer_session(
     audience: str | None = None,
     origins: str | Iterable[str],
     session: requests.Session | None = None,
+    min_refresh_interval: float = MIN_REFRESH_INTERVAL,
 ) -> requests.Session:
     """A ``requests.Session`` (``session``, or a new one) whose ``auth`` is a
     :class:`BearerAuth` for the key and ``origins``; any ``auth`` it had is replaced."""
     auth = BearerAuth(client, session_id, template=template, organization_id=organization_id,
-                      audience=audience, origins=origins)
+                      audience=audience, origins=origins,
+                      min_refresh_interval=min_refresh_interval)
     s = session if session is not None else requests.Session()
     s.auth = auth
     return s

@@ -259,10 +259,12 @@ def test_401_invalidates_the_sent_token_and_retries_once(
 
 
 def test_retry_reuses_the_connection_and_keeps_bytes_and_form_bodies(
-        session: requests.Session, client: TokenClient, api: Api) -> None:
+        client: TokenClient, api: Api) -> None:
+    unthrottled = bearer_session(client, "sess_1", origins=api.url, min_refresh_interval=0)
     for body in (b"raw-bytes", {"a": "1"}):
         api.revoked.add(client.get_token("sess_1"))
-        assert session.put(f"{api.url}/b", data=body, timeout=T).status_code == 200
+        assert unthrottled.put(f"{api.url}/b", data=body, timeout=T).status_code == 200
+    unthrottled.close()
     assert [s.body for s in api.seen] == [b"raw-bytes", b"raw-bytes", b"a=1", b"a=1"]
     assert len({s.peer for s in api.seen}) == 1  # one keep-alive connection throughout
 
@@ -360,6 +362,70 @@ def test_retry_happens_once_only(session: requests.Session, api: Api,
     assert [r.status_code for r in response.history] == [401]
     assert len(api.seen) == 2
     assert issuer.request_count("clerk") == 2
+
+
+# -- 401-driven refreshes are throttled per key -----------------------------------------------
+
+def test_an_api_that_always_answers_401_cannot_turn_requests_into_token_mints(
+        client: TokenClient, api: Api, issuer: LocalIssuer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    client.get_token("sess_1")  # the key's first token
+    issuer.reset_counts()
+    responses = []
+    for _ in range(20):
+        # A BearerAuth per request, as in a view that builds its session each time: the
+        # throttle is the client's, not the instance's.
+        with bearer_session(client, "sess_1", origins=api.url) as s:
+            responses.append(s.get(f"{api.url}/always-401", timeout=T))
+    assert [r.status_code for r in responses] == [401] * 20
+    assert issuer.request_count("clerk") == 1  # 20 requests -> 1 token request
+    # The first 401 refreshed and retried; the other 19 came back as they were.
+    assert [len(r.history) for r in responses] == [1] + [0] * 19
+    assert len(api.seen) == 21
+    assert len([r for r in caplog.records if "min_refresh_interval" in r.getMessage()]) == 1
+
+
+def test_after_the_interval_a_401_refreshes_again(
+        client: TokenClient, api: Api, issuer: LocalIssuer) -> None:
+    now = [100.0]
+    auth = BearerAuth(client, "sess_1", origins=api.url, min_refresh_interval=30,
+                      clock=lambda: now[0])
+    first = client.get_token("sess_1")
+    api.revoked.add(first)
+    assert requests.get(f"{api.url}/x", auth=auth, timeout=T).status_code == 200
+    second = client.get_token("sess_1")
+    api.revoked.add(second)
+    now[0] += 29.0
+    refused = requests.get(f"{api.url}/x", auth=auth, timeout=T)
+    assert refused.status_code == 401 and refused.history == []  # inside the interval
+    assert client.get_token("sess_1") == second  # not invalidated
+    now[0] += 1.5
+    assert requests.get(f"{api.url}/x", auth=auth, timeout=T).status_code == 200
+    assert client.get_token("sess_1") not in (first, second)
+    assert issuer.request_count("clerk") == 3
+
+
+def test_inside_the_interval_a_401_on_an_older_token_still_gets_the_newest(
+        client: TokenClient, api: Api, issuer: LocalIssuer) -> None:
+    old = client.get_token("sess_1")
+    api.revoked.add(old)
+    with bearer_session(client, "sess_1", origins=api.url) as s:
+        stale = s.prepare_request(requests.Request("GET", f"{api.url}/x"))  # carries old
+        assert s.get(f"{api.url}/x", timeout=T).status_code == 200  # the interval starts
+        newest = client.get_token("sess_1")
+        # Refused inside the interval, the old token's request is still retried with the
+        # newest token, and no token is minted.
+        response = s.send(stale, timeout=T)
+    assert response.status_code == 200 and [r.status_code for r in response.history] == [401]
+    assert [a.authorization for a in api.seen][-2:] == [bearer(old), bearer(newest)]
+    assert issuer.request_count("clerk") == 2
+
+
+def test_min_refresh_interval_is_checked(client: TokenClient) -> None:
+    for bad in (-1, float("nan"), "30", True):
+        with pytest.raises(ConfigurationError, match="min_refresh_interval"):
+            BearerAuth(client, "s", origins="https://api.example.com",
+                       min_refresh_interval=bad)  # type: ignore[arg-type]
 
 
 def test_no_retry_when_the_fresh_token_is_the_same(issuer: LocalIssuer, api: Api) -> None:
