@@ -220,10 +220,10 @@ class Cache:
         self._warned[marker] = True
         if kind == "threshold":
             _log.warning(
-                "swr_token: background_refresh_threshold is at least the token lifetime "
+                "background_refresh_threshold is at least the token lifetime "
                 "(%.1f s); using half the lifetime instead", lifetime)
         else:
-            _log.info("swr_token: tokens live only %.1f s, so the margin is a quarter of that",
+            _log.info("tokens live only %.1f s, so the margin is a quarter of that",
                       lifetime)
 
     # -- entries (call with the lock held) ----------------------------------------------

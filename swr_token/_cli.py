@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import IO, Any, NoReturn
@@ -209,8 +210,36 @@ def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+#: The library names what to change by its Python arguments; here the user typed flags.
+#: (pattern, replacement), applied in order to every message from the library.
+_CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement) for pattern, replacement in (
+        (r"\bsecret_key= or CLERK_SECRET_KEY\b( environment variable)?",
+         "CLERK_SECRET_KEY, --secret-file PATH or --secret-stdin"),
+        # This command always sends the client credentials with HTTP Basic.
+        (r" \(and auth_method: [^)]*\)", ""),
+        (r"\bapi_url\b", "--api-url"),
+        (r"\btoken_url\b", "--token-url"),
+        (r"\bclient_id\b", "--client-id"),
+        (r"\bclient_secret\b", "the client secret"),
+        (r"\(scope=\)", "(--scope)"),
+        (r"\(audience=\)", "(--audience)"),
+        (r"\bthe session id\b", "the session id (--session)"),
+        (r"\bthe template name\b", "the template name (--template)"),
+        (r"\(verify=, ", "("),
+    ))
+
+
+def _in_cli_words(message: object) -> str:
+    """A library message with its argument names replaced by this command's flags."""
+    text = _one_line(message)
+    for pattern, replacement in _CLI_WORDS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _say(stream: IO[str], prog: str, message: object) -> None:
-    stream.write(f"{prog}: error: {_one_line(message)}\n")
+    stream.write(f"{prog}: error: {_in_cli_words(message)}\n")
     stream.flush()
 
 

@@ -33,7 +33,7 @@ def _after_fork_in_child() -> None:
         try:
             client._after_fork_in_child()
         except Exception:  # pragma: no cover - must never break the child
-            _log.exception("swr_token: resetting a client after fork failed")
+            _log.exception("resetting a client after fork failed")
 
 
 if hasattr(os, "register_at_fork"):

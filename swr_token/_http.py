@@ -49,6 +49,7 @@ __all__ = [
     "display_url",
     "error_code",
     "generic_hint",
+    "network_reason",
     "parse_http_date",
     "parse_retry_after",
 ]
@@ -362,8 +363,8 @@ class Transport:
             parsed = _json(answer.body)
             if parsed is _UNPARSEABLE:
                 raise TokenFetchError(
-                    f"{what} got HTTP {status} with a body that is not JSON; the issuer or a "
-                    "proxy in between answered oddly, it will be retried",
+                    f"{what} got HTTP {status} with a body that is not JSON; check that the "
+                    "URL is the token endpoint (a proxy in between may also have answered)",
                     status=status,
                 )
             # Parsed but not an object: the caller finds no token in it (InvalidTokenError).
@@ -418,18 +419,18 @@ def network_error(exc: BaseException, what: str, *, timeout: tuple[float, float]
     if isinstance(exc, DeadlinePassed):
         return TokenFetchError(
             f"{what} did not finish within total_timeout={total_timeout:g} s (connect, "
-            "headers and body); the issuer is slow or trickling its answer, it will be retried"
+            "headers and body); the issuer is slow or trickling its answer: check its health"
         )
     if isinstance(exc, BodyTooLarge):
         return TokenFetchError(
             f"{what} got an answer larger than max_body={max_body} bytes; it was not read "
             "past that; check the URL, or raise max_body if the issuer's answers are that "
-            "large, it will be retried"
+            "large"
         )
     if isinstance(exc, requests.Timeout):
         return TokenFetchError(
             f"{what} timed out ({kind}, timeout={timeout}); the issuer is slow or "
-            "unreachable, it will be retried"
+            "unreachable: check the URL and the issuer's health"
         )
     if isinstance(exc, requests.exceptions.SSLError):
         return TokenFetchError(
@@ -439,10 +440,31 @@ def network_error(exc: BaseException, what: str, *, timeout: tuple[float, float]
     if isinstance(exc, requests.RequestException | OSError | ValueError) or (
             type(exc).__module__.startswith(("urllib3", "zlib", "http"))):
         return TokenFetchError(
-            f"{what} failed: network error ({kind}); check connectivity to the issuer, it "
-            "will be retried"
+            f"{what} failed: network error ({network_reason(exc)}); check the URL and that "
+            "this host can reach the issuer"
         )
     return exc
+
+
+def network_reason(exc: BaseException) -> str:
+    """The exception's type and, when found, the operating system's words for the failure.
+
+    ``requests`` buries the cause ("Connection refused", "Name or service not known") a few
+    levels down. Only an ``OSError``'s ``strerror`` is shown: the operating system's text,
+    never the exception's own, which may repeat the URL's query or the issuer's bytes.
+    """
+    seen: list[BaseException] = []
+    todo: list[object] = [exc]
+    while todo and len(seen) < 8:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        if isinstance(item, OSError) and isinstance(item.strerror, str) and item.strerror:
+            return f"{type(exc).__name__}: {' '.join(item.strerror.split())[:80]}"
+        todo.extend([getattr(item, "reason", None), item.__cause__, item.__context__,
+                     *item.args[:1]])
+    return type(exc).__name__
 
 
 def generic_hint(status: int, code: str | None) -> str:
@@ -455,11 +477,11 @@ def generic_hint(status: int, code: str | None) -> str:
     if status == 404:
         return "the issuer does not know what was asked for; check the URL"
     if status == 429:
-        return "the issuer is rate limiting; it will be retried later"
+        return "the issuer is rate limiting; ask less often or try again later"
     if status == 408 or status == 425:
-        return "the issuer gave up waiting; it will be retried"
+        return "the issuer gave up waiting; try again later"
     if 500 <= status < 600:
-        return "the issuer failed; it will be retried"
+        return "the issuer failed; try again later"
     if status in _REJECTED or 400 <= status < 500:
         return "the issuer refused the request; asking again will not help"
     return "unexpected answer from the issuer"

@@ -91,7 +91,7 @@ class _Streak:
     def bad(self, what: str) -> None:
         if self.bad_since is None:
             self.bad_since = what
-            _log.warning("swr_token: ignored %s from Redis; asking the source instead "
+            _log.warning("ignored %s from Redis; asking the source instead "
                          "(logged once until a good one is read)", what)
 
     def good(self) -> None:
@@ -327,7 +327,7 @@ class RedisStore:
                 try:
                     self._renew(keys=[name], args=[owner, self._lease_ms])
                 except Exception:  # Redis down: the lease runs out, as for a crashed owner
-                    _log.debug("swr_token: could not renew a refresh lease", exc_info=True)
+                    _log.debug("could not renew a refresh lease", exc_info=True)
 
     # -- waiting for another process's refresh ----------------------------------------------
 
@@ -391,7 +391,7 @@ class RedisStore:
                     try:
                         pubsub.close()
                     except Exception:
-                        _log.debug("swr_token: closing a Redis subscription failed")
+                        _log.debug("closing a Redis subscription failed")
 
     def _on_notice(self, data: object) -> None:
         """One drop notice; whatever it holds, it never raises into the subscriber."""
@@ -412,7 +412,7 @@ class RedisStore:
             for callback in list(self._callbacks):
                 callback(scope, (key[0], key[1], key[2], key[3]), fp)
         except Exception:
-            _log.exception("swr_token: handling a drop notice failed; listening on")
+            _log.exception("handling a drop notice failed; listening on")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -422,7 +422,7 @@ class RedisStore:
             try:
                 self._redis.close()
             except Exception:
-                _log.debug("swr_token: closing the Redis client failed")
+                _log.debug("closing the Redis client failed")
 
     def reset_after_fork(self) -> None:
         """The child must not share the parent's sockets, threads or lock ownership."""

@@ -195,7 +195,7 @@ class Refresher:
         transient = isinstance(error, TokenFetchError)
         if transient:
             if self.pacer.streak == 0:
-                _log.warning("swr_token: token source failing: %s", error)
+                _log.warning("token source failing: %s", error)
             self.pacer.failed(now, error)
         elif isinstance(error, TokenRejectedError) and self.pacer.answered():
             self.parking.release()
@@ -346,7 +346,7 @@ class Refresher:
                 pass
             elif result.progress:
                 if entry.streak:
-                    _log.info("swr_token: refresh of %s recovered", flight.request.describe())
+                    _log.info("refresh of %s recovered", flight.request.describe())
                 entry.streak = 0
                 entry.backoff_until = float("-inf")
                 entry.fail_error = None
@@ -356,7 +356,7 @@ class Refresher:
                 self._back_off(entry, now)
                 if entry.streak == 1:
                     _log.warning(
-                        "swr_token: refresh of %s made no progress (the issuer returned the "
+                        "refresh of %s made no progress (the issuer returned the "
                         "same or an already-stale token); backing off", flight.request.describe()
                     )
         _settle(flight, token, None)
@@ -404,7 +404,7 @@ class Refresher:
         if isinstance(error, TokenRejectedError):
             dropped = self.cache.drop(entry, now)
             if dropped is not None or entry.streak == 1:
-                _log.warning("swr_token: token for %s rejected: %s",
+                _log.warning("token for %s rejected: %s",
                              TokenRequest(*entry.key).describe(), error)
         snap = entry.resolved
         if background and snap is not None and self.pacer.paced() \
@@ -488,4 +488,4 @@ def _call_hook(hook: Callable[..., None], *args: Any) -> None:
     try:
         hook(*args)
     except Exception:
-        _log.exception("swr_token: an event hook raised; the refresh goes on")
+        _log.exception("an event hook raised; the refresh goes on")

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 
@@ -142,7 +142,7 @@ class ClerkBackendSource(_HttpSource):
         self._expires_in_seconds = expires_in_seconds
         self._transport = Transport(
             session=session, timeout=timeout, verify=verify, secrets=(self._secret_key,),
-            hint=_clerk_hint, total_timeout=total_timeout, max_body=max_body,
+            hint=self._hint, total_timeout=total_timeout, max_body=max_body,
             max_retry_after=max_retry_after,
         )
 
@@ -163,7 +163,7 @@ class ClerkBackendSource(_HttpSource):
         url = f"{self._api_url}/sessions/{quote(request.session_id, safe='')}/tokens"
         if request.template:
             url += f"/{quote(request.template, safe='')}"
-        what = f"Clerk token request for {request.describe()}"
+        what = f"Clerk token request for {request.describe()} to {display_url(url)}"
         body = None
         if self._expires_in_seconds is not None:
             body = {"expires_in_seconds": self._expires_in_seconds}
@@ -192,18 +192,28 @@ class ClerkBackendSource(_HttpSource):
     def __repr__(self) -> str:
         return f"ClerkBackendSource(api_url={display_url(self._api_url)!r}, secret_key='***')"
 
-
-def _clerk_hint(status: int, code: str | None) -> str:
-    if status in (401, 403):
-        return ("check the secret key (secret_key= or CLERK_SECRET_KEY) and that it belongs "
-                "to the Clerk instance that owns the session")
-    if status == 404:
-        return ("the session was not found or has ended (or the JWT template does not "
-                "exist); sign the user in again or check the template name")
-    if status in (400, 422):
-        return ("Clerk refused the request as malformed; check the session id, the template "
-                "name and expires_in_seconds")
-    return generic_hint(status, code)
+    def _hint(self, status: int, code: str | None) -> str:
+        """What to change after a failed answer: the words name this source's arguments."""
+        if status in (401, 403):
+            return ("check the secret key (secret_key= or CLERK_SECRET_KEY) and that it "
+                    "belongs to the Clerk instance that owns the session")
+        if status == 404:
+            if not urlsplit(self._api_url).path.endswith("/v1"):
+                # Without the version prefix every path is unknown: not an ended session.
+                return (f"api_url {display_url(self._api_url)!r} does not end in /v1; use "
+                        "Clerk's Backend API URL, https://api.clerk.com/v1")
+            if code != "resource_not_found":
+                return ("nothing at this URL knows the request (no Clerk error code in the "
+                        "answer); check api_url: Clerk's Backend API is "
+                        "https://api.clerk.com/v1")
+            return ("the session was not found or has ended (or the JWT template does not "
+                    "exist); sign the user in again or check the template name")
+        if status in (400, 422):
+            asked = ("the session id, the template name and expires_in_seconds"
+                     if self._expires_in_seconds is not None
+                     else "the session id and the template name")
+            return f"Clerk refused the request as malformed; check {asked}"
+        return generic_hint(status, code)
 
 
 class OAuth2ClientCredentialsSource(_HttpSource):
@@ -361,21 +371,24 @@ def _seconds(value: object) -> float | None:
 
 def _oauth2_hint(status: int, code: str | None) -> str:
     by_code = {
-        "invalid_client": "check client_id, client_secret and auth_method",
+        "invalid_client": "check client_id and client_secret (and auth_method: some servers "
+        "want 'client_secret_post')",
         "unauthorized_client": "this client may not use the client_credentials grant; "
         "allow it at the authorization server",
         "unsupported_grant_type": "the server does not offer the client_credentials grant",
-        "invalid_scope": "check scope: the client may not ask for it",
-        "invalid_target": "check audience: the server does not know it or the client may not "
-        "ask for it",
+        "invalid_scope": "check the scope (scope=): the client may not ask for it",
+        "invalid_target": "check the audience (audience=): the server does not know it or the "
+        "client may not ask for it",
     }
     if code in by_code:
         return by_code[code]
     if status in (401, 403):
-        return ("check client_id, client_secret and auth_method (client_secret_basic or "
-                "client_secret_post), and that the client may ask for this scope and audience")
+        return ("check client_id and client_secret (and auth_method: some servers want "
+                "'client_secret_post'), and that the client may ask for this scope (scope=) "
+                "and audience (audience=)")
     if status == 404:
         return "the token endpoint was not found; check token_url"
     if status in (400, 422):
-        return "the server refused the request as malformed; check scope, audience and extra_params"
+        return ("the server refused the request as malformed; check the scope (scope=) and "
+                "the audience (audience=)")
     return generic_hint(status, code)

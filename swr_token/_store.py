@@ -192,7 +192,7 @@ class SharedStore:
             if first:
                 state = "refuses writes" if new == "writes" else "unavailable"
                 _log.warning(
-                    "swr_token: shared token store %s (%s during %s); carrying on per process "
+                    "shared token store %s (%s during %s); carrying on per process "
                     "and trying it again every %.0f s", state, type(exc).__name__, what,
                     self._retry_after)
             return default
@@ -201,7 +201,7 @@ class SharedStore:
                 recovered = self._degraded is not None
                 self._degraded = None
             if recovered:
-                _log.warning("swr_token: shared token store is back")
+                _log.warning("shared token store is back")
         return result
 
     # -- dropped tokens -------------------------------------------------------------------
@@ -298,7 +298,7 @@ class SharedStore:
         try:
             self.store.close()
         except Exception:  # closing must never raise
-            _log.debug("swr_token: closing the shared store failed", exc_info=True)
+            _log.debug("closing the shared store failed", exc_info=True)
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()

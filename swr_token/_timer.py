@@ -77,7 +77,7 @@ class Timer:
         try:
             fn()
         except Exception:  # a broken callback must not kill the timer
-            _log.exception("swr_token: a scheduled callback failed")
+            _log.exception("a scheduled callback failed")
 
     def _run(self) -> None:
         while True:

@@ -66,6 +66,7 @@ class _KeySet:
     unnamed: tuple[jwt.PyJWK, ...]  # every signature key (for tokens without a kid)
     fetched_at: float
     generation: int
+    unusable: dict[str, str]  # kid -> why a key the document names cannot verify anything
 
 
 class _JWKSFetcher(jwt.PyJWKClient):
@@ -116,7 +117,7 @@ class _JWKSFetcher(jwt.PyJWKClient):
                 server_time=parse_http_date(answer.headers.get("Date")), cap=max_retry_after)
             raise TokenFetchError(
                 f"{where} answered HTTP {status}; check jwks_url (it must serve the key set "
-                "directly, redirects are not followed), it will be retried",
+                "directly, redirects are not followed)",
                 status=status, retry_after=retry_after,
             )
         try:
@@ -124,8 +125,8 @@ class _JWKSFetcher(jwt.PyJWKClient):
         except (ValueError, RecursionError):
             # Not chained: a JSON error carries the whole body it failed on.
             raise TokenFetchError(
-                f"{where} answered with a body that is not JSON; check jwks_url, it will "
-                "be retried", status=status,
+                f"{where} answered with a body that is not JSON; check jwks_url",
+                status=status,
             ) from None
 
 
@@ -294,6 +295,12 @@ class JWKSVerifier:
                 f"{len(keys.unnamed)} signature keys, so its key is ambiguous"
             )
         age = self._clock() - keys.fetched_at
+        if kid in keys.unusable:
+            raise InvalidTokenError(
+                f"{name} refused: the JWKS at {display_url(self._url)} (fetched {age:.0f} s "
+                f"ago) has a key with kid {kid[:40]!r}, but {keys.unusable[kid]}; fix that key "
+                "at the issuer"
+            )
         raise InvalidTokenError(
             f"{name} refused: no key with kid {kid[:40]!r} in the JWKS at "
             f"{display_url(self._url)} (fetched {age:.0f} s ago); it was not signed by this "
@@ -321,8 +328,8 @@ class JWKSVerifier:
                 return pending.result(timeout=self._wait_limit)
             except FuturesTimeout:
                 raise TokenFetchError(
-                    f"timed out waiting for the JWKS at {display_url(self._url)}; it will be "
-                    "retried"
+                    f"timed out waiting for the JWKS at {display_url(self._url)}; check "
+                    "jwks_url and the issuer's health"
                 ) from None
         try:
             keys = self._fetch()
@@ -335,7 +342,7 @@ class JWKSVerifier:
             with self._lock:
                 self._pending = None
             future.set_exception(TokenFetchError(
-                f"fetching the JWKS failed ({type(exc).__name__}); it will be retried"))
+                f"fetching the JWKS failed ({type(exc).__name__}); try again"))
             raise
         with self._lock:
             self._keys, self._pending = keys, None
@@ -344,13 +351,18 @@ class JWKSVerifier:
 
     def _fetch(self) -> _KeySet:
         try:
-            jwk_set = self._fetcher.get_jwk_set(refresh=True)
+            # As PyJWKClient.get_jwk_set, keeping the document: it names the keys that did
+            # not parse, which the parsed set silently leaves out.
+            document = self._fetcher.fetch_data()
+            if not isinstance(document, dict):
+                raise jwt.PyJWKClientError("the JWKS endpoint did not answer a JSON object")
+            jwk_set = jwt.PyJWKSet.from_dict(document)
         except TokenError:
             raise
         except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
             raise TokenFetchError(
                 f"the JWKS at {display_url(self._url)} is not a usable JWK Set "
-                f"({type(exc).__name__}); check jwks_url, it will be retried"
+                f"({type(exc).__name__}); check jwks_url"
             ) from exc
         signing = tuple(
             k for k in jwk_set.keys
@@ -361,12 +373,13 @@ class JWKSVerifier:
         if not signing:
             raise TokenFetchError(
                 f"the JWKS at {display_url(self._url)} holds no public signature keys; "
-                "check jwks_url, it will be retried"
+                "check jwks_url"
             )
         with self._lock:
             self._generation += 1
             generation = self._generation
-        return _KeySet(by_kid, signing, self._clock(), generation)
+        return _KeySet(by_kid, signing, self._clock(), generation,
+                       _unusable_kids(document, jwk_set, by_kid))
 
     def close(self) -> None:
         """Close the HTTP session if this verifier made it (a caller's is left alone)."""
@@ -381,6 +394,22 @@ class JWKSVerifier:
         return (f"JWKSVerifier({display_url(self._url)!r}, "
                 f"algorithms={sorted(self._algorithms)!r}, issuer={self._issuer!r}, "
                 f"audience={self._audience!r})")
+
+
+def _unusable_kids(document: dict[str, Any], jwk_set: jwt.PyJWKSet,
+                   usable: dict[str, jwt.PyJWK]) -> dict[str, str]:
+    """The kids in ``document`` with no usable signature key, and why (for messages)."""
+    parsed = {k.key_id for k in jwk_set.keys if isinstance(k.key_id, str)}
+    entries = document.get("keys")
+    reasons: dict[str, str] = {}
+    for entry in entries if isinstance(entries, list) else ():
+        kid = entry.get("kid") if isinstance(entry, dict) else None
+        if not isinstance(kid, str) or not kid or kid in usable or kid in reasons:
+            continue
+        reasons[kid] = ("that key is not a public signature key for an allowed algorithm "
+                        "(its 'use', 'kty' or 'alg')" if kid in parsed
+                        else "that key cannot be parsed (a malformed or unsupported JWK)")
+    return reasons
 
 
 def _pick(keys: _KeySet, kid: str | None) -> jwt.PyJWK | None:

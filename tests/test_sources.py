@@ -264,7 +264,7 @@ def test_status_mapping(
     ("oauth", 403, "access_denied", "client_secret"),
     ("oauth", 404, "not_found", "token_url"),
     ("oauth", 400, "invalid_request", "malformed"),
-    ("oauth", 500, "server_error", "retried"),
+    ("oauth", 500, "server_error", "try again later"),
 ])
 def test_issuer_codes_and_hints(
     issuer: LocalIssuer, make: Callable[..., Source], kind: str, status: int, code: str,
@@ -298,7 +298,7 @@ def test_oauth_invalid_scope_hint(make: Callable[..., Source]) -> None:
     with LocalIssuer(private_key=KEY, client_id="c", client_secret="s",
                      allowed_scopes={"read"}) as iss:
         source = OAuth2ClientCredentialsSource(iss.token_url, "c", "s", scope="admin")
-        with pytest.raises(TokenRejectedError, match="check scope") as caught:
+        with pytest.raises(TokenRejectedError, match=r"check the scope \(scope=\)") as caught:
             source(NO_KEY)
         source.close()
     assert (caught.value.status, caught.value.code) == (400, "invalid_scope")
