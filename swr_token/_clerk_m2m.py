@@ -246,6 +246,6 @@ def _m2m_hint(status: int, code: str | None) -> str:
         return ("Clerk refused the request as conflicting with the machine's state; check "
                 "the machine in the Clerk Dashboard")
     if status == 429:
-        return ("Clerk is rate limiting token creation (each creation is billed); it will be "
-                "retried later; share tokens between processes with a store")
+        return ("Clerk is rate limiting token creation (each creation is billed); ask less "
+                "often: share tokens between processes with a store")
     return generic_hint(status, code)

@@ -288,9 +288,9 @@ def test_identity_separates_every_configuration(issuer: LocalIssuer) -> None:
     (409, TokenRejectedError, "conflict", "conflicting"),
     (422, TokenRejectedError, "form_param_format_invalid", "claims, seconds_until_expiration"),
     (429, TokenFetchError, "too_many_requests", "billed"),
-    (500, TokenFetchError, "server_error", "retried"),
-    (502, TokenFetchError, "server_error", "retried"),
-    (503, TokenFetchError, "server_error", "retried"),
+    (500, TokenFetchError, "server_error", "try again later"),
+    (502, TokenFetchError, "server_error", "try again later"),
+    (503, TokenFetchError, "server_error", "try again later"),
 ])
 def test_error_table(
     issuer: LocalIssuer, make: Callable[..., ClerkM2MSource], status: int,
