@@ -29,6 +29,7 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ 
     from ._client import TokenClient
     from ._clock import Clock, SystemClock
     from ._executor import DaemonThreadPoolExecutor
+    from ._filestore import FileStore
     from ._redis import RedisStore
     from ._request import TokenRequest
     from ._retry import RetryPolicy
@@ -45,6 +46,7 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "DaemonThreadPoolExecutor",
+    "FileStore",
     "Freshness",
     "InvalidTokenError",
     "JWKSVerifier",
@@ -75,6 +77,7 @@ _LAZY = {
     "Clock": "_clock",
     "SystemClock": "_clock",
     "DaemonThreadPoolExecutor": "_executor",
+    "FileStore": "_filestore",
     "RedisStore": "_redis",
     "TokenRequest": "_request",
     "RetryPolicy": "_retry",

@@ -90,6 +90,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         timer.cancel()
 
 
+@pytest.fixture(autouse=True)
+def _private_token_cache(tmp_path_factory: pytest.TempPathFactory,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`swr-token get` caches tokens under $XDG_CACHE_HOME: never the real user's, and never
+    one test's tokens in another's (subprocesses inherit the variable)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

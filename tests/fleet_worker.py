@@ -1,7 +1,8 @@
 """One process of the fleet test: 8 threads reading one key through a shared RedisStore.
 
 Run by tests/test_redis_fleet.py as ``python -m tests.fleet_worker API_URL REDIS_URL PREFIX
-SECONDS``; prints ``ready`` after its first token, then one JSON summary line at the end.
+SECONDS`` (and by tests/test_filestore_client.py with ``file:DIR`` for REDIS_URL: a
+FileStore); prints ``ready`` after its first token, then one JSON summary line at the end.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import time
 
 import jwt
 
-from swr_token import ClerkBackendSource, RedisStore, TokenClient, TokenError
+from swr_token import ClerkBackendSource, FileStore, RedisStore, TokenClient, TokenError, TokenStore
 
 
 def main() -> None:
     api_url, redis_url, prefix, seconds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-    store = RedisStore(redis_url, prefix=prefix, lease=1.0, wait=1.0, socket_timeout=0.2)
+    store: TokenStore
+    if redis_url.startswith("file:"):
+        store = FileStore(redis_url[len("file:"):])
+    else:
+        store = RedisStore(redis_url, prefix=prefix, lease=1.0, wait=1.0, socket_timeout=0.2)
     client = TokenClient(ClerkBackendSource(api_url=api_url), poll_interval=0.5,
                          background_refresh_threshold=3.0, margin=1.0, store=store)
     exp_of: dict[str, tuple[float, float]] = {}
