@@ -1,4 +1,5 @@
-"""The ``swr-token`` command: ``demo``, ``get`` for shell scripts and cron, ``inspect``.
+"""The ``swr-token`` command: ``demo``, ``get`` for shell scripts and cron, ``inspect``,
+``cache list|clear``.
 
 Secrets come only from the environment, a file or stdin: a command line shows in ``ps`` and in
 shell history. No token or secret is ever printed, except the token ``get`` is asked for.
@@ -7,15 +8,14 @@ shell history. No token or secret is ever printed, except the token ``get`` is a
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import logging
 import math
 import os
 import re
 import sys
-from collections.abc import Sequence
-from typing import IO, Any, NoReturn
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from ._errors import (
     ConfigurationError,
@@ -26,7 +26,14 @@ from ._errors import (
 )
 from ._version import __version__
 
+if TYPE_CHECKING:
+    from ._filestore import FileStore
+
 __all__ = ["main"]
+
+# A cached token is reused while it has more than this left (a quarter of its lifetime for
+# tokens living under twice as long): what the script does next with it must not outlive it.
+_CACHE_MARGIN = 15.0
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -54,6 +61,11 @@ OAuth2 client credentials (an access token):
       --secret-file ~/.config/app/client-secret [--scope 'read write'] [--audience API]
 
 In a script:  curl -H "Authorization: Bearer $(swr-token get --session "$SID")" ...
+
+tokens are cached in a private directory ($XDG_CACHE_HOME/swr_token, else
+~/.cache/swr_token; never a secret) and reused while they have more than 15 s
+(or a quarter of their lifetime) left, so a loop or a cron job asks the issuer
+once per token lifetime; --no-cache asks every time. See: swr-token cache list
 
 secrets (never a flag: command lines show in ps and shell history), first found wins:
   --secret-file PATH, --secret-stdin, then CLERK_SECRET_KEY (Clerk) or
@@ -150,6 +162,12 @@ def _build_parser(prog: str) -> _Parser:
                                     "SWR_TOKEN_TIMEOUT"))
     out.add_argument("-v", "--verbose", action="store_true",
                      help="log what the client does to stderr")
+    cache_opts = get.add_argument_group("token cache")
+    cache_opts.add_argument("--no-cache", action="store_true",
+                            default=bool(env("SWR_TOKEN_NO_CACHE")),
+                            help=_env_help("neither read nor write the token cache",
+                                           "SWR_TOKEN_NO_CACHE"))
+    _add_cache_dir(cache_opts)
 
     inspect = commands.add_parser(
         "inspect", help="decode a token read from stdin: claims and remaining life",
@@ -162,8 +180,33 @@ def _build_parser(prog: str) -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.commands = {"demo": demo, "get": get, "inspect": inspect}
+
+    cache = commands.add_parser(
+        "cache", help="list or clear the tokens 'get' keeps between runs",
+        description="'swr-token get' keeps the tokens it fetches in a private directory "
+        "(0700, files 0600; tokens only, never a secret) and reuses them while they live. "
+        "'list' shows each entry's key, fingerprint and remaining life (never the token); "
+        "'clear' removes them all.", allow_abbrev=False,
+    )
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    listing = actions.add_parser("list", help="key, fingerprint and remaining life of each "
+                                 "cached token", allow_abbrev=False)
+    listing.add_argument("--json", action="store_true", help="print the entries as JSON")
+    _add_cache_dir(listing)
+    clearing = actions.add_parser("clear", help="remove every cached token",
+                                  allow_abbrev=False)
+    _add_cache_dir(clearing)
+    parser.commands = {"demo": demo, "get": get, "inspect": inspect, "cache": cache,
+                       "cache list": listing, "cache clear": clearing}
     return parser
+
+
+def _add_cache_dir(group: Any) -> None:
+    group.add_argument("--cache-dir", default=os.environ.get("SWR_TOKEN_CACHE_DIR"),
+                       metavar="PATH",
+                       help=_env_help("the token cache directory (default "
+                                      "$XDG_CACHE_HOME/swr_token, else ~/.cache/swr_token)",
+                                      "SWR_TOKEN_CACHE_DIR"))
 
 
 def _number(text: str) -> float:
@@ -263,6 +306,8 @@ def _read_secret(args: argparse.Namespace, env_var: str, what: str) -> tuple[str
             raise _UsageError(f"--secret-stdin was given but there is no stdin; pipe the "
                               f"{what} in or use --secret-file PATH")
         if sys.stdin.isatty():
+            import getpass
+
             secret = getpass.getpass(f"{what}: ", stream=sys.stderr).strip()
         else:
             secret = sys.stdin.read().strip()
@@ -280,9 +325,12 @@ def _read_secret(args: argparse.Namespace, env_var: str, what: str) -> tuple[str
     return secret, where
 
 
-def _build_source(args: argparse.Namespace) -> tuple[Any, dict[str, str | None], str]:
-    """The source, the key to ask for and where the secret came from."""
-    from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
+def _build_source(args: argparse.Namespace
+                  ) -> tuple[Callable[[], Any], dict[str, str | None], str, str | None]:
+    """A factory of the source, the key to ask for, where the secret came from, and the
+    source's identity (the cache's namespace) when known without building it: building a
+    source loads the HTTP stack, which a cached answer does not need."""
+    from ._identity import clerk_identity, oauth2_identity
 
     if args.session and args.token_url:
         raise _UsageError("both a Clerk session (--session / SWR_TOKEN_SESSION) and an OAuth2 "
@@ -295,32 +343,56 @@ def _build_source(args: argparse.Namespace) -> tuple[Any, dict[str, str | None],
             raise _UsageError("OAuth2 needs a client id: pass --client-id ID or set "
                               "SWR_TOKEN_CLIENT_ID")
         secret, where = _read_secret(args, "SWR_TOKEN_CLIENT_SECRET", "client secret")
-        source: Any = OAuth2ClientCredentialsSource(
-            args.token_url, args.client_id, secret, scope=args.scope)
+
+        def oauth2() -> Any:
+            from ._sources import OAuth2ClientCredentialsSource
+
+            return OAuth2ClientCredentialsSource(
+                args.token_url, args.client_id, secret, scope=args.scope)
+
         key = {"session_id": None, "template": None, "audience": args.audience or None}
-        return source, key, where
+        identity = oauth2_identity(args.token_url, args.client_id, secret,
+                                   scope=args.scope or None, audience=None)
+        return oauth2, key, where, identity
     if args.session:
         for flag in ("--client-id", "--scope", "--audience"):
             if flag in args.given:
                 raise _UsageError(f"{flag} is for OAuth2 (--token-url); Clerk takes "
                                   "--session, --template and --api-url")
         secret, where = _read_secret(args, "CLERK_SECRET_KEY", "Clerk secret key")
-        source = ClerkBackendSource(secret, api_url=args.api_url or "https://api.clerk.com/v1")
+        api_url = args.api_url or "https://api.clerk.com/v1"
+
+        def clerk() -> Any:
+            from ._sources import ClerkBackendSource
+
+            return ClerkBackendSource(secret, api_url=api_url)
+
         key = {"session_id": args.session, "template": args.template or None, "audience": None}
-        return source, key, where
+        return clerk, key, where, clerk_identity(api_url, secret)
     raise _UsageError("say which token: --session ID for Clerk (with CLERK_SECRET_KEY) or "
                       "--token-url URL --client-id ID for OAuth2 (or their environment "
                       "variables)")
 
 
 def _cmd_get(args: argparse.Namespace, prog: str) -> int:
-    from ._client import TokenClient
-
     if os.environ.get("SWR_TOKEN_TIMEOUT") is not None:
         try:
             _positive(os.environ["SWR_TOKEN_TIMEOUT"])
         except argparse.ArgumentTypeError as exc:
             raise _UsageError(f"SWR_TOKEN_TIMEOUT: {exc}") from None
+    make_source, key, where, identity = _build_source(args)
+    store = None if args.no_cache else _open_store(args.cache_dir)
+    cached = _cached(store, identity, key)
+    if cached is not None:  # answered without loading the client, HTTP or JWT code
+        if args.verbose and store is not None:
+            sys.stderr.write(f"{prog}: INFO token {cached[3]} from the cache in {store.path}, "
+                             f"{cached[2]:.0f} s left\n")
+        return _print_token(args, key, *cached[:3])
+
+    import logging
+
+    from ._client import TokenClient
+
     logger = logging.getLogger("swr_token")
     if args.verbose:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -329,16 +401,21 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
     else:
         handler = logging.NullHandler()  # nothing on stderr but the one-line error
     logger.addHandler(handler)
-    where = ""
     try:
-        source, key, where = _build_source(args)
+        source = make_source()
+        options: dict[str, Any] = {} if store is None else {"store": store,
+                                                             "margin": _CACHE_MARGIN}
         try:
-            with TokenClient(source, fetch_timeout=args.timeout) as client:
+            with TokenClient(source, fetch_timeout=args.timeout, **options) as client:
                 info = client.get_token_info(
                     key["session_id"], template=key["template"], audience=key["audience"],
                     timeout=args.timeout)
         finally:
             source.close()
+        if store is not None and _cached(store, getattr(source, "identity", identity),
+                                         key) is None:
+            _warn(prog, f"the token could not be cached in {store.path} (see -v); the next "
+                  "run will ask the issuer again (or pass --cache-dir PATH / --no-cache)")
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
     except TokenRejectedError as exc:
@@ -357,18 +434,96 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
         return EXIT_ERROR
     finally:
         logger.removeHandler(handler)
+    return _print_token(args, key, info.raw, info.expires_at, info.remaining())
+
+
+def _print_token(args: argparse.Namespace, key: dict[str, str | None], raw: str,
+                 expires_at: float, remaining: float) -> int:
     if args.json:
         document = {
-            "token": info.raw,
-            "expires_at": round(info.expires_at, 3),
-            "remaining": round(info.remaining(), 3),
+            "token": raw,
+            "expires_at": round(expires_at, 3),
+            "remaining": round(remaining, 3),
             "key": {"session_id": key["session_id"], "template": key["template"],
                     "organization_id": None, "audience": key["audience"]},
         }
         sys.stdout.write(json.dumps(document) + "\n")
     else:
-        sys.stdout.write(info.raw + "\n")
+        sys.stdout.write(raw + "\n")
     sys.stdout.flush()
+    return EXIT_OK
+
+
+def _warn(prog: str, message: str) -> None:
+    sys.stderr.write(f"{prog}: warning: {_one_line(message)}\n")
+    sys.stderr.flush()
+
+
+# -- the token cache ------------------------------------------------------------------------
+
+
+def _open_store(path: str | None) -> FileStore:
+    from ._filestore import FileStore
+
+    try:
+        return FileStore(os.path.expanduser(path) if path else None)
+    except ConfigurationError as exc:
+        raise _UsageError(f"{exc}; or pass --no-cache") from None
+
+
+def _cached(store: FileStore | None, identity: str | None,
+            key: dict[str, str | None]) -> tuple[str, float, float, str] | None:
+    """A cached token worth handing out (raw, expires_at, remaining, fingerprint), read
+    without loading the HTTP stack or the JWT parser; ``None`` to ask the issuer."""
+    if store is None or identity is None:
+        return None
+    from ._token import effective_margin
+
+    try:
+        stored = store.get(identity, (key["session_id"], key["template"], None,
+                                      key["audience"]))
+    except OSError:
+        return None  # an unreadable cache is no cache: the client path says why with -v
+    if stored is None:
+        return None
+    remaining = stored.expires_at - time.time()
+    lifetime = math.inf if stored.issued_at is None else stored.expires_at - stored.issued_at
+    if remaining <= effective_margin(_CACHE_MARGIN, lifetime):
+        return None
+    from ._token import fingerprint
+
+    return stored.raw, stored.expires_at, remaining, fingerprint(stored.raw)
+
+
+def _cmd_cache(args: argparse.Namespace, prog: str) -> int:
+    store = _open_store(args.cache_dir)
+    if args.cache_command == "clear":
+        removed = store.clear()
+        sys.stdout.write(f"removed {removed} cached token(s) from {store.path}\n")
+        return EXIT_OK
+    now = time.time()
+    entries = store.entries()
+    names = ("session_id", "template", "organization_id", "audience")
+    if args.json:
+        rows = [{"key": dict(zip(names, entry.key, strict=True)), "source": entry.scope,
+                 "fingerprint": entry.fingerprint,
+                 "remaining": round(entry.token.expires_at - now, 1)} for entry in entries]
+        sys.stdout.write(json.dumps({"path": store.path, "entries": rows}) + "\n")
+        return EXIT_OK
+    if not entries:
+        sys.stdout.write(f"no cached tokens in {store.path}\n")
+        return EXIT_OK
+    table = [("KEY", "FINGERPRINT", "REMAINING", "SOURCE")]
+    for entry in entries:
+        parts = [f"{name}={value}" for name, value in zip(names, entry.key, strict=True)
+                 if value is not None]
+        table.append((" ".join(parts) or "(no key parts)", entry.fingerprint,
+                      f"{entry.token.expires_at - now:.0f} s", entry.scope))
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        sys.stdout.write("  ".join([*cells, line[3]]) + "\n")
+    sys.stdout.write(f"({len(entries)} in {store.path})\n")
     return EXIT_OK
 
 
@@ -406,6 +561,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "swr-token") -> int:
         try:
             if args.command == "get":
                 return _cmd_get(args, sub)
+            if args.command == "cache":
+                if args.cache_command is None:
+                    parser.commands["cache"].print_help(sys.stderr)
+                    return EXIT_USAGE
+                return _cmd_cache(args, f"{sub} {args.cache_command}")
             if args.command == "inspect":
                 from ._inspect import inspect_stdin
 
