@@ -1,0 +1,82 @@
+"""Process time of ``swr-token get`` answered from the file cache, against bare interpreters.
+
+Run: ``python -m benchmarks.cached_get [--runs 30]``. Starts a LocalIssuer on 127.0.0.1, fills
+a private cache directory with one ``get``, then times whole processes, one after another:
+``python -c pass``, ``python -c "import requests, jwt"``, a cached ``swr-token get`` and an
+uncached one (``--no-cache``, a loopback request each). Wall time from spawn to exit, and
+the child's CPU time (user + system), median and 90th percentile. Prints no token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from swr_token.testing import LocalIssuer
+
+
+def _command() -> list[str]:
+    """The console script next to this interpreter (what users run), else ``-m``."""
+    script = os.path.join(os.path.dirname(sys.executable), "swr-token")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "swr_token"]
+
+
+def _time(argv: list[str], env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
+    walls, cpus = [], []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=60)
+        walls.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        if done.returncode != 0:
+            raise SystemExit(f"{argv[-3:]} failed: {done.stderr.decode()[-300:]}")
+    return walls, cpus
+
+
+def _p90(values: list[float]) -> float:
+    return sorted(values)[max(0, int(len(values) * 0.9) - 1)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cached_get")
+    parser.add_argument("--runs", type=int, default=30, help="processes per row (default 30)")
+    args = parser.parse_args(argv)
+    with LocalIssuer(lifetime=3600) as issuer, tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "CLERK_SECRET_KEY": issuer.secret_key,
+               "CLERK_API_URL": issuer.clerk_api_url, "SWR_TOKEN_CACHE_DIR": cache}
+        get = [*_command(), "get", "--session", "sess_bench"]
+        _time(get, env, 1)  # fill the cache
+        filled = issuer.request_count("clerk")
+        rows = [
+            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ('python -c "import requests, jwt"', [sys.executable, "-c", "import requests, jwt"]),
+            ("swr-token get (cached)", get),
+            ("swr-token get --no-cache", [*get, "--no-cache"]),
+        ]
+        results = [(label, *_time(command, env, args.runs)) for label, command in rows]
+        cached_requests = issuer.request_count("clerk") - filled - args.runs  # minus no-cache
+    base = statistics.median(results[0][1])
+    print(f"# {time.strftime('%Y-%m-%d')}  {os.cpu_count()} CPUs  Python "
+          f"{sys.version.split()[0]}  load average {os.getloadavg()[0]:.2f}  "
+          f"{args.runs} runs per row")
+    print(f"{'command':34} {'wall median':>12} {'wall p90':>9} {'cpu median':>11} "
+          f"{'x pass':>7}")
+    for label, walls, cpus in results:
+        median = statistics.median(walls)
+        print(f"{label:34} {median * 1000:9.1f} ms {_p90(walls) * 1000:6.1f} ms "
+              f"{statistics.median(cpus) * 1000:8.1f} ms {median / base:6.2f}x")
+    print(f"# issuer requests by the {args.runs} cached runs: {cached_requests}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
