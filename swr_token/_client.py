@@ -163,6 +163,8 @@ class TokenClient:
         )
         self._polling = False
         self._closed = False
+        # A fork that ran no at-fork hook is noticed here, on every path but the fresh read.
+        self._pid_watch = _fork.PidWatch()
         _fork.register(self)
 
     # -- reading ------------------------------------------------------------------------
@@ -265,6 +267,7 @@ class TokenClient:
 
     def _get(self, key: Key, skip_cache: bool, refresh_if_stale: bool,
              threshold: float | None, timeout: float | None) -> Token:
+        self._pid_watch.check(self)
         _check_key(key)
         if timeout is not None:
             timeout = _seconds("timeout", timeout, allow_zero=False)
@@ -425,6 +428,7 @@ class TokenClient:
         _check_key((session_id, template, organization_id, audience))
         raw = token.raw if isinstance(token, Token) else token
         key: Key = (session_id, template, organization_id, audience)
+        self._pid_watch.check(self)
         shared = self._refresher.shared
         with self._cache.lock:
             entry = self._entries.get(key)
@@ -450,8 +454,10 @@ class TokenClient:
         """Counters since creation (approximate under concurrency: the hot path takes no lock).
 
         ``hits``, ``stale_serves``, ``waits``, ``fetches`` (upstream attempts),
-        ``background_refreshes``, ``failures``, ``entries``, ``in_flight``.
+        ``background_refreshes``, ``failures``, ``entries``, ``in_flight``. A forked child
+        starts from zero.
         """
+        self._pid_watch.check(self)
         c = self._counters
         return {
             "hits": c.hits,
@@ -473,6 +479,7 @@ class TokenClient:
     def close(self) -> None:
         """Stop the poller and workers, release every waiting caller with
         :class:`ClientClosedError`; never waits for a request in flight. Idempotent."""
+        self._pid_watch.check(self)
         with self._cache.lock:
             if self._closed:
                 return
@@ -497,8 +504,10 @@ class TokenClient:
         self.close()
 
     def _after_fork_in_child(self) -> None:
-        """Fresh locks, workers and poller; keep valid tokens; forget the parent's fetches."""
+        """Fresh locks, workers and poller; keep valid tokens; forget the parent's fetches
+        and counts. Run by the at-fork hook, or by the pid watch after a hookless fork."""
         self._cache.reset_after_fork()
+        self._counters.reset()
         self._refresher.reset_after_fork()
         self._refresher.pacer.reset_after_fork()
         self._timer.reset_after_fork()
@@ -507,6 +516,7 @@ class TokenClient:
         self._polling = False
         if self._owns_executor:
             self._refresher.executor = DaemonThreadPoolExecutor()
+        self._pid_watch.ran_hook()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._entries)} keys"

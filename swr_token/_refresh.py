@@ -54,6 +54,11 @@ class Counters:
         self.background_refreshes = 0
         self.failures = 0
 
+    def reset(self) -> None:
+        """Zero every counter: a forked child counts its own work."""
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
 
 class Refresher:
     """Starts and runs flights for a :class:`Cache` against one source."""

@@ -61,10 +61,20 @@ def test_script_exits_promptly_with_a_cold_fetch_hung_and_a_caller_timeout() -> 
     assert "timed out: True" in result.stdout
 
 
+# A libc fork() called through ctypes runs none of Python's at-fork hooks, as uWSGI's workers
+# (forked from C) do not; PyDLL keeps the GIL across the call, as the forking C code has it.
+FORKS = {
+    "os.fork": "fork = os.fork",
+    "libc-fork-no-hooks": "import ctypes; fork = ctypes.PyDLL(None).fork",
+}
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_with_a_fetch_in_flight_and_a_lock_held() -> None:
+@pytest.mark.parametrize("fork", list(FORKS.values()), ids=list(FORKS))
+def test_fork_with_a_fetch_in_flight_and_a_lock_held(fork: str) -> None:
     result = _run("""
         import os, threading, time, jwt, swr_token
+        FORK
         parent = os.getpid()
         release = threading.Event()
         def source(req):
@@ -75,6 +85,8 @@ def test_fork_with_a_fetch_in_flight_and_a_lock_held() -> None:
                                "sid": req.session_id}, "k" * 32, algorithm="HS256")
         client = swr_token.TokenClient(source)
         cached = client.get_token("cached")
+        for _ in range(10):
+            client.get_token("cached")
         waiter = threading.Thread(target=client.get_token, args=("inflight",), daemon=True)
         waiter.start()
         t0 = time.monotonic()
@@ -87,13 +99,23 @@ def test_fork_with_a_fetch_in_flight_and_a_lock_held() -> None:
                 hold.wait(10)
         threading.Thread(target=hold_lock, daemon=True).start()
         holding.wait(5)
-        pid = os.fork()
+        pid = fork()
         if pid == 0:
+            counts = client.stats()                               # the child's own, from 0
+            if any(counts[k] for k in ("hits", "waits", "fetches", "failures")):
+                os._exit(4)
             ok = client.get_token("cached") == cached          # valid tokens kept
+            started = time.monotonic()
             tok = client.get_token("inflight", timeout=5)      # parent's fetch dropped
+            if time.monotonic() - started > 2.5:
+                os._exit(5)                                     # not at once: waited it out
             claims = jwt.decode(tok, options={"verify_signature": False})
             ok = ok and claims["pid"] == os.getpid()
             tok2 = client.get_token("new", timeout=5)           # fresh workers and lock
+            counts = client.stats()
+            if (counts["hits"], counts["fetches"], counts["waits"]) != (1, 2, 2):
+                os._exit(6)
+            client.close()                                      # the parent's lock is not used
             os._exit(0 if ok and tok2 else 3)
         hold.set()
         release.set()
@@ -108,9 +130,11 @@ def test_fork_with_a_fetch_in_flight_and_a_lock_held() -> None:
             os.kill(pid, 9)
             print("child deadlocked")
         print("parent", client.get_token("inflight", timeout=5) is not None)
-    """, timeout=40)
+        print("parent hits", client.stats()["hits"] >= 10)
+    """.replace("FORK", fork), timeout=40)
     assert "child 0" in result.stdout, result.stdout + result.stderr
     assert "parent True" in result.stdout
+    assert "parent hits True" in result.stdout
 
 
 def test_close_is_idempotent_and_fast_with_a_request_in_flight(clock: FakeClock) -> None:
