@@ -17,8 +17,9 @@ import requests
 
 from ._errors import ConfigurationError, InvalidTokenError
 from ._http import DEFAULT_TIMEOUT, Transport, check_url, display_url, generic_hint
+from ._identity import clerk_m2m_identity
 from ._request import TokenRequest
-from ._sources import _credential, _HttpSource, _reject, _token, credential_tag
+from ._sources import _credential, _HttpSource, _reject, _token
 from ._token import Token
 
 __all__ = [
@@ -154,13 +155,9 @@ class ClerkM2MSource(_HttpSource):
         api_url, token format, lifetime asked for and claims, plus a keyed hash of the machine
         secret key: two sources that would mint different tokens never share an entry.
         """
-        config = json.dumps(
-            {"claims": self._claims, "format": self._token_format,
-             "seconds": self._seconds if self._seconds is not None else "never"},
-            sort_keys=True, separators=(",", ":"),
-        )
-        return (f"clerk-m2m:{display_url(self._api_url)}:{config}:"
-                f"{credential_tag(self._machine_secret_key)}")
+        return clerk_m2m_identity(self._api_url, self._machine_secret_key,
+                                  token_format=self._token_format,
+                                  seconds_until_expiration=self._seconds, claims=self._claims)
 
     def __call__(self, request: TokenRequest) -> Token:
         """Create one M2M token (billed by Clerk) for this source's configuration."""

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["clerk_identity", "credential_tag", "oauth2_identity", "source_identity_of"]
+__all__ = ["clerk_identity", "clerk_m2m_identity", "credential_tag", "oauth2_identity",
+           "source_identity_of"]
 
 _LABEL = b"swr_token source identity v1"
 
@@ -55,3 +59,15 @@ def oauth2_identity(token_url: str, client_id: str, client_secret: str, *,
     """``OAuth2ClientCredentialsSource.identity`` from its settings."""
     return source_identity_of("oauth2", token_url, client_secret, (
         ("client_id", client_id), ("scope", scope or None), ("audience", audience or None)))
+
+
+def clerk_m2m_identity(api_url: str, machine_secret_key: str, *, token_format: str,
+                       seconds_until_expiration: int | None,
+                       claims: Mapping[str, Any] | None) -> str:
+    """``ClerkM2MSource.identity``: the format, the lifetime asked for (``never`` for
+    non-expiring tokens) and a hash of the claims (which may be long) are all part of it."""
+    claims_tag = None if claims is None else hashlib.sha256(
+        json.dumps(dict(claims), sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    seconds = "never" if seconds_until_expiration is None else str(seconds_until_expiration)
+    return source_identity_of("clerk-m2m", api_url.rstrip("/"), machine_secret_key, (
+        ("format", token_format), ("seconds", seconds), ("claims", claims_tag)))

@@ -7,8 +7,6 @@ about caching; :mod:`swr_token._http` turns every failure into a typed error.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -32,7 +30,7 @@ from ._identity import clerk_identity, oauth2_identity
 from ._request import TokenRequest
 from ._token import Token
 
-__all__ = ["ClerkBackendSource", "OAuth2ClientCredentialsSource", "credential_tag"]
+__all__ = ["ClerkBackendSource", "OAuth2ClientCredentialsSource"]
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
 
@@ -51,19 +49,6 @@ def _credential(value: object, *, name: str, how: str, token68: bool = False) ->
         # Never echo it: the message would carry the secret.
         raise ConfigurationError(f"{name} contains whitespace or control characters; {how}")
     return value
-
-
-_IDENTITY_LABEL = b"swr_token source identity v1"
-
-
-def credential_tag(credential: str) -> str:
-    """A short keyed hash naming a credential in a source's ``identity``, never revealing it.
-
-    HMAC-SHA256 under a fixed label, truncated to 16 hex digits: stable across processes and
-    hosts (so a fleet shares one store entry), useless for guessing the credential back.
-    """
-    digest = hmac.new(_IDENTITY_LABEL, credential.encode("utf-8"), hashlib.sha256)
-    return digest.hexdigest()[:16]
 
 
 def _reject(source: str, part: str, why: str) -> TokenRejectedError:
