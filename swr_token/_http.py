@@ -324,7 +324,7 @@ class Transport:
         *,
         what: str,
         authorization: str | None,
-        data: Mapping[str, str] | None = None,
+        data: Mapping[str, str | list[str]] | None = None,
         json_body: Mapping[str, Any] | None = None,
     ) -> tuple[int, dict[str, Any], float | None]:
         """POST and return ``(status, JSON object, server_time)`` for a 2xx answer.

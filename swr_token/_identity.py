@@ -55,10 +55,13 @@ def clerk_identity(api_url: str, secret_key: str) -> str:
 
 
 def oauth2_identity(token_url: str, client_id: str, client_secret: str, *,
-                    scope: str | None, audience: str | None) -> str:
-    """``OAuth2ClientCredentialsSource.identity`` from its settings."""
+                    scope: str | None, audience: str | None,
+                    resource: tuple[str, ...] = ()) -> str:
+    """``OAuth2ClientCredentialsSource.identity`` from its settings. ``client_secret`` is the
+    credential: the secret, or for ``private_key_jwt`` the public key's thumbprint."""
     return source_identity_of("oauth2", token_url, client_secret, (
-        ("client_id", client_id), ("scope", scope or None), ("audience", audience or None)))
+        ("client_id", client_id), ("scope", scope or None), ("audience", audience or None),
+        ("resource", " ".join(resource) or None)))
 
 
 def clerk_m2m_identity(api_url: str, machine_secret_key: str, *, token_format: str,

@@ -9,12 +9,22 @@ from __future__ import annotations
 import base64
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 
+from ._assertion import (
+    ASSERTION_TYPE,
+    DEFAULT_ASSERTION_LIFETIME,
+    SECRET_ALGORITHMS,
+    ClientAssertion,
+    check_key_algorithm,
+    load_private_key,
+    public_key_thumbprint,
+)
 from ._errors import ConfigurationError, InvalidTokenError, TokenRejectedError
 from ._http import (
     DEFAULT_MAX_BODY,
@@ -32,7 +42,10 @@ from ._token import Token
 
 __all__ = ["ClerkBackendSource", "OAuth2ClientCredentialsSource"]
 
-AuthMethod = Literal["client_secret_basic", "client_secret_post"]
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "client_secret_jwt",
+                     "private_key_jwt"]
+_AUTH_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post",
+                                         "client_secret_jwt", "private_key_jwt")
 
 
 def _credential(value: object, *, name: str, how: str, token68: bool = False) -> str:
@@ -204,31 +217,41 @@ class ClerkBackendSource(_HttpSource):
 class OAuth2ClientCredentialsSource(_HttpSource):
     """Access tokens from an OAuth2 token endpoint with the client-credentials grant.
 
-    RFC 6749 section 4.4. Client authentication is HTTP Basic (``client_secret_basic``, the
-    default, with id and secret form-urlencoded per section 2.3.1) or ``client_secret_post``.
-    The request's ``audience`` overrides the configured one; a ``session_id``, ``template`` or
-    ``organization_id`` has no meaning for this grant and is refused before anything is sent.
-    ``total_timeout``, ``max_body`` and ``max_retry_after`` bound each attempt as for
-    :class:`ClerkBackendSource`.
+    RFC 6749 section 4.4. Client authentication (``auth_method``): ``client_secret_basic``
+    (the default with a secret: HTTP Basic, id and secret form-urlencoded per section 2.3.1),
+    ``client_secret_post``, ``client_secret_jwt`` (an HS256 assertion over the secret) or
+    ``private_key_jwt`` (the default with ``private_key=``: an assertion signed RS256, PS256 or
+    ES256; RFC 7523 section 2.2). ``resource`` (RFC 8707, one or more absolute URIs) and
+    ``audience`` say which API the token is for; the request's ``audience`` overrides the
+    configured one. A ``session_id``, ``template`` or ``organization_id`` has no meaning for
+    this grant and is refused before anything is sent. ``total_timeout``, ``max_body`` and
+    ``max_retry_after`` bound each attempt as for :class:`ClerkBackendSource`.
     """
 
     __slots__ = (
-        "_audience", "_auth_method", "_basic", "_client_id", "_client_secret", "_extra",
-        "_scope", "_token_url",
+        "_assertion", "_audience", "_auth_method", "_basic", "_client_id", "_client_secret",
+        "_credential_id", "_extra", "_resource", "_scope", "_token_url",
     )
 
-    _RESERVED = frozenset({"grant_type", "client_id", "client_secret", "scope", "audience"})
+    _RESERVED = frozenset({"grant_type", "client_id", "client_secret", "scope", "audience",
+                           "client_assertion", "client_assertion_type"})
 
     def __init__(
         self,
         token_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         *,
         scope: str | Iterable[str] | None = None,
         audience: str | None = None,
+        resource: str | Iterable[str] | None = None,
         session: requests.Session | None = None,
-        auth_method: AuthMethod = "client_secret_basic",
+        auth_method: AuthMethod | None = None,
+        private_key: Any = None,
+        key_id: str | None = None,
+        signing_algorithm: str | None = None,
+        assertion_lifetime: int = DEFAULT_ASSERTION_LIFETIME,
+        assertion_audience: str | None = None,
         extra_params: Mapping[str, str] | None = None,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         verify: bool | str = True,
@@ -239,28 +262,84 @@ class OAuth2ClientCredentialsSource(_HttpSource):
         how = "pass the client credentials registered with the authorization server"
         self._token_url = check_url(token_url, name="token_url")
         self._client_id = _credential(client_id, name="client_id", how=how)
-        self._client_secret = _credential(client_secret, name="client_secret", how=how)
-        if auth_method not in ("client_secret_basic", "client_secret_post"):
-            raise ConfigurationError(
-                "auth_method must be 'client_secret_basic' or 'client_secret_post'"
-            )
+        if auth_method is None:
+            auth_method = "private_key_jwt" if private_key is not None else "client_secret_basic"
+        if auth_method not in _AUTH_METHODS:
+            raise ConfigurationError(f"auth_method must be one of {', '.join(_AUTH_METHODS)}")
         self._auth_method: AuthMethod = auth_method
-        pair = f"{quote_plus(self._client_id, safe='')}:{quote_plus(self._client_secret, safe='')}"
-        self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        uses_key = auth_method == "private_key_jwt"
+        if uses_key and client_secret is not None:
+            raise ConfigurationError(
+                "private_key_jwt authenticates with the private key; leave client_secret out")
+        if not uses_key and private_key is not None:
+            raise ConfigurationError(
+                f"private_key is for auth_method='private_key_jwt', not {auth_method!r}")
+        if auth_method not in ("private_key_jwt", "client_secret_jwt") and (
+                key_id is not None or signing_algorithm is not None
+                or assertion_audience is not None
+                or assertion_lifetime != DEFAULT_ASSERTION_LIFETIME):
+            raise ConfigurationError(
+                "key_id, signing_algorithm, assertion_audience and assertion_lifetime are for "
+                "auth_method='private_key_jwt' or 'client_secret_jwt'")
+        if uses_key:
+            if private_key is None:
+                raise ConfigurationError(
+                    "auth_method='private_key_jwt' needs private_key= (PEM text, a path, or a "
+                    "cryptography key object)")
+            self._client_secret = None
+        else:
+            if client_secret is None:
+                raise ConfigurationError(
+                    f"client_secret is missing; {how}, or use private_key= for private_key_jwt")
+            self._client_secret = _credential(client_secret, name="client_secret", how=how)
+        self._basic: str | None = None
+        self._assertion: ClientAssertion | None = None
+        audience_of_assertion = check_url(
+            assertion_audience or self._token_url, name="assertion_audience")
+        if uses_key:
+            key = load_private_key(private_key)
+            algorithm = check_key_algorithm(key, signing_algorithm)
+            self._assertion = ClientAssertion(
+                client_id=self._client_id, audience=audience_of_assertion, algorithm=algorithm,
+                key_id=key_id, lifetime=assertion_lifetime, private_key=key)
+            self._credential_id = f"{algorithm}:{public_key_thumbprint(key)}"
+        else:
+            assert self._client_secret is not None
+            self._credential_id = self._client_secret
+            if auth_method == "client_secret_jwt":
+                if signing_algorithm not in (None, *SECRET_ALGORITHMS):
+                    raise ConfigurationError(
+                        f"client_secret_jwt signs with {', '.join(SECRET_ALGORITHMS)}; for "
+                        f"{signing_algorithm!r} use private_key_jwt with a private key")
+                self._assertion = ClientAssertion(
+                    client_id=self._client_id, audience=audience_of_assertion,
+                    algorithm="HS256", key_id=key_id, lifetime=assertion_lifetime,
+                    secret=self._client_secret)
+            elif auth_method == "client_secret_basic":
+                pair = (f"{quote_plus(self._client_id, safe='')}:"
+                        f"{quote_plus(self._client_secret, safe='')}")
+                self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         if scope is not None and not isinstance(scope, str):
             scope = " ".join(scope)
         self._scope = scope or None
         self._audience = audience or None
+        self._resource = _resources(resource)
         extra = dict(extra_params or {})
-        clash = sorted(self._RESERVED.intersection(extra))
+        # extra_params={"resource": ...} predates resource=; both at once would be ambiguous.
+        reserved = self._RESERVED | ({"resource"} if self._resource else set())
+        clash = sorted(reserved.intersection(extra))
         if clash:
             raise ConfigurationError(
                 f"extra_params may not set {', '.join(clash)}; use the matching argument"
             )
         self._extra = extra
+        secrets_ = [s for s in (self._client_secret,) if s]
+        if self._basic is not None:
+            secrets_.append(self._basic.split(" ", 1)[1])
         self._transport = Transport(
-            session=session, timeout=timeout, verify=verify,
-            secrets=(self._client_secret, self._basic.split(" ", 1)[1]), hint=_oauth2_hint,
+            session=session, timeout=timeout, verify=verify, secrets=secrets_,
+            hint={"private_key_jwt": _assertion_hint, "client_secret_jwt": _secret_jwt_hint}.get(
+                auth_method, _oauth2_hint),
             total_timeout=total_timeout, max_body=max_body, max_retry_after=max_retry_after,
         )
 
@@ -275,17 +354,25 @@ class OAuth2ClientCredentialsSource(_HttpSource):
         ):
             if value is not None:
                 raise _reject(name, part, f"{why}; use a key with only audience= (or none)")
-        form = {"grant_type": "client_credentials"}
+        form: dict[str, str | list[str]] = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
         audience = request.audience if request.audience is not None else self._audience
         if audience:
             form["audience"] = audience
+        if self._resource:
+            form["resource"] = list(self._resource)  # repeated: resource=a&resource=b
         form.update(self._extra)
         authorization = None
-        if self._auth_method == "client_secret_basic":
+        if self._basic is not None:
             authorization = self._basic
+        elif self._assertion is not None:
+            # A new assertion (new jti) per request and per retry: servers refuse replays.
+            form["client_id"] = self._client_id
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = self._assertion.make(time.time())
         else:
+            assert self._client_secret is not None
             form["client_id"] = self._client_id
             form["client_secret"] = self._client_secret
         what = f"OAuth2 token request to {display_url(self._token_url)}"
@@ -298,17 +385,40 @@ class OAuth2ClientCredentialsSource(_HttpSource):
 
     @property
     def identity(self) -> str:
-        """A stable, non-secret name for this source (token URL, client id, scope, audience
-        and a keyed hash of the client secret): shared stores keep sources apart by it."""
-        return oauth2_identity(self._token_url, self._client_id, self._client_secret,
-                               scope=self._scope, audience=self._audience)
+        """A stable, non-secret name for this source (token URL, client id, scope, audience,
+        resources and a keyed hash of the client secret, or the public key's thumbprint):
+        shared stores keep sources apart by it."""
+        return oauth2_identity(self._token_url, self._client_id, self._credential_id,
+                               scope=self._scope, audience=self._audience,
+                               resource=self._resource)
 
     def __repr__(self) -> str:
+        credential = "client_secret='***'" if self._client_secret else "private_key='***'"
         return (
             f"OAuth2ClientCredentialsSource(token_url={display_url(self._token_url)!r}, "
-            f"client_id={self._client_id!r}, client_secret='***', "
+            f"client_id={self._client_id!r}, {credential}, "
             f"auth_method={self._auth_method!r})"
         )
+
+
+def _resources(resource: str | Iterable[str] | None) -> tuple[str, ...]:
+    """RFC 8707 resource indicators: absolute URIs without a fragment, in order, once each."""
+    if resource is None:
+        return ()
+    values = [resource] if isinstance(resource, str) else list(resource)
+    seen: dict[str, None] = {}
+    for value in values:
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise ConfigurationError(
+                "resource must be an absolute URI (or a list of them) without whitespace, "
+                "e.g. 'https://api.example.com/'")
+        parts = urlsplit(value)
+        if not parts.scheme or parts.fragment or "#" in value:
+            raise ConfigurationError(
+                f"resource {value[:100]!r} is not an absolute URI without a fragment "
+                "(RFC 8707 section 2); e.g. 'https://api.example.com/'")
+        seen.setdefault(value, None)
+    return tuple(seen)
 
 
 def _access_token(
@@ -362,8 +472,8 @@ def _oauth2_hint(status: int, code: str | None) -> str:
         "allow it at the authorization server",
         "unsupported_grant_type": "the server does not offer the client_credentials grant",
         "invalid_scope": "check the scope (scope=): the client may not ask for it",
-        "invalid_target": "check the audience (audience=): the server does not know it or the "
-        "client may not ask for it",
+        "invalid_target": "check the audience (audience=) and resource (resource=): the server "
+        "does not know them or the client may not ask for them",
     }
     if code in by_code:
         return by_code[code]
@@ -374,6 +484,24 @@ def _oauth2_hint(status: int, code: str | None) -> str:
     if status == 404:
         return "the token endpoint was not found; check token_url"
     if status in (400, 422):
-        return ("the server refused the request as malformed; check the scope (scope=) and "
-                "the audience (audience=)")
+        return ("the server refused the request as malformed; check the scope (scope=), "
+                "the audience (audience=) and the resource (resource=)")
     return generic_hint(status, code)
+
+
+def _assertion_hint(status: int, code: str | None) -> str:
+    """Hints for ``private_key_jwt``: the credential is a key the server must know."""
+    if code == "invalid_client" or (status in (401, 403) and code is None):
+        return ("check client_id, the private key and key_id: the server must have the public "
+                "key registered for this client (with that kid), accept the signing_algorithm, "
+                "and take the token endpoint (or assertion_audience) as the assertion's "
+                "audience; a clock far off also fails the assertion's iat/exp")
+    return _oauth2_hint(status, code)
+
+
+def _secret_jwt_hint(status: int, code: str | None) -> str:
+    if code == "invalid_client" or (status in (401, 403) and code is None):
+        return ("check client_id and client_secret, that the client is registered for "
+                "client_secret_jwt, and that the server takes the token endpoint (or "
+                "assertion_audience) as the assertion's audience")
+    return _oauth2_hint(status, code)

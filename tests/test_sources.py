@@ -182,7 +182,7 @@ def test_oauth_client_secret_post(issuer: LocalIssuer, make: Callable[..., Sourc
     assert sent.form() == {"grant_type": "client_credentials", "client_id": "svc client:1",
                            "client_secret": CLIENT_SECRET}
     with pytest.raises(ConfigurationError, match="auth_method"):
-        make("oauth", auth_method="private_key_jwt")
+        make("oauth", auth_method="tls_client_auth")
 
 
 def test_oauth_scope_audience_and_override(

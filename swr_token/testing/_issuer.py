@@ -9,7 +9,9 @@ This module holds the issuer's state (keys, credentials, faults, counters);
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -54,6 +56,10 @@ class RecordedRequest:
         """The body as a form (the last value of each field)."""
         return {k: v[-1] for k, v in parse_qs(self.body.decode(), keep_blank_values=True).items()}
 
+    def form_values(self, name: str) -> list[str]:
+        """Every value of form field ``name``, in order (``resource`` may repeat)."""
+        return parse_qs(self.body.decode(), keep_blank_values=True).get(name, [])
+
     def __repr__(self) -> str:  # headers may hold secrets
         return f"<RecordedRequest {self.endpoint} {self.method} {self.path}>"
 
@@ -83,7 +89,9 @@ class LocalIssuer:
     Endpoints: ``POST /v1/sessions/{sid}/tokens[/{template}]`` (Clerk, bearer ``secret_key``),
     ``POST /v1/m2m_tokens`` (Clerk M2M, bearer ``machine_secret_key``; JWT or opaque ``mt_``
     tokens, ``expiration`` in milliseconds, ``null`` when no lifetime is asked for),
-    ``POST /oauth/token`` (client credentials, basic or post), ``GET /.well-known/jwks.json``.
+    ``POST /oauth/token`` (client credentials: basic, post, or a ``client_secret_jwt`` /
+    ``private_key_jwt`` assertion verified against ``client_secret`` or the keys given to
+    :meth:`register_client_key`, replays refused), ``GET /.well-known/jwks.json``.
     ``lifetime`` and ``clock_offset`` (seconds the issuer's clock is ahead; it moves ``iat``,
     ``exp`` and the ``Date`` header) may be changed at any time, as may ``opaque`` (OAuth2
     access tokens that are not JWTs) and ``oauth_expires_in`` (an ``expires_in`` that differs
@@ -134,6 +142,8 @@ class LocalIssuer:
         self._machines: dict[str, str] = {}  # machine secret key -> machine id
         self._revoked_keys: set[str] = set()
         self._issued: Counter[str] = Counter()
+        self._client_keys: dict[str | None, Any] = {}  # kid -> public key (None: no kid)
+        self._seen_jti: dict[str, float] = {}  # client assertion jti -> its exp
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -261,6 +271,89 @@ class LocalIssuer:
                 "subject": subject, "claims": dict(claims) if claims else None, "scopes": [],
                 "revoked": False, "revocation_reason": None, "expired": False,
                 "expiration": expiration, "created_at": now_ms, "updated_at": now_ms}
+
+    def register_client_key(self, key: Any, *, kid: str | None = None) -> None:
+        """Accept client assertions (``private_key_jwt``) signed by ``key`` for ``client_id``.
+
+        ``key``: a cryptography public or private key, or PEM text or bytes of either (only
+        the public part is kept). With ``kid``, assertions must name it in their header.
+        """
+        from cryptography.hazmat.primitives import serialization
+
+        if isinstance(key, str):
+            key = key.encode()
+        if isinstance(key, bytes):
+            try:
+                key = serialization.load_pem_public_key(key)
+            except ValueError:
+                key = serialization.load_pem_private_key(key, password=None)
+        public = key.public_key() if hasattr(key, "private_bytes") else key
+        with self._lock:
+            self._client_keys[kid] = public
+
+    def check_client_assertion(
+        self, assertion: str, *, client_id: str | None
+    ) -> tuple[int, str, str] | None:
+        """Why ``assertion`` does not authenticate the client, as ``(status, code,
+        description)``, or None when it does (RFC 7523 section 3: signature, iss = sub = the
+        client, aud = the token endpoint, exp, iat, and a jti never seen before)."""
+        refused = (401, "invalid_client")
+        try:
+            header = jwt.get_unverified_header(assertion)
+            claims = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return (*refused, "client_assertion is not a JWT")
+        algorithm = header.get("alg")
+        if algorithm == "HS256":
+            signing_input, _, signature = assertion.rpartition(".")
+            expected = hmac.new(self.client_secret.encode(), signing_input.encode(),
+                                hashlib.sha256).digest()
+            if not hmac.compare_digest(base64.urlsafe_b64encode(expected).rstrip(b"="),
+                                       signature.encode()):
+                return (*refused, "client_assertion signature does not verify (HS256)")
+        elif algorithm in ("RS256", "PS256", "ES256"):
+            with self._lock:
+                kid = header.get("kid")
+                keys = ([self._client_keys[kid]] if kid in self._client_keys
+                        else [] if kid is not None else list(self._client_keys.values()))
+            if not keys:
+                return (*refused, f"no registered client key for kid {kid!r}")
+            for key in keys:
+                try:
+                    jwt.decode(assertion, key, algorithms=[algorithm],
+                               options={"verify_exp": False, "verify_iat": False,
+                                        "verify_nbf": False, "verify_aud": False})
+                    break
+                except (jwt.PyJWTError, TypeError, ValueError):  # also: a key of another type
+                    continue
+            else:
+                return (*refused, f"client_assertion signature does not verify ({algorithm})")
+        else:
+            return (*refused, f"client_assertion algorithm {str(algorithm)[:20]!r} not allowed")
+        if not (claims.get("iss") == claims.get("sub") == self.client_id):
+            return (*refused, "client_assertion iss and sub must both be the client id")
+        if client_id is not None and client_id != self.client_id:
+            return (*refused, "client_id does not match the assertion")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.token_url not in audiences:
+            return (*refused, "client_assertion aud must be the token endpoint")
+        now = self.now()
+        exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
+        if not isinstance(exp, int | float) or exp <= now - 5:
+            return (*refused, "client_assertion has expired")
+        if isinstance(iat, int | float) and iat > now + 5:
+            return (*refused, "client_assertion iat is in the future")
+        if exp > now + 600:
+            return (*refused, "client_assertion lives too long (exp more than 10 min ahead)")
+        if not isinstance(jti, str) or not jti:
+            return (*refused, "client_assertion needs a jti")
+        with self._lock:
+            self._seen_jti = {j: e for j, e in self._seen_jti.items() if e > now - 5}
+            if jti in self._seen_jti:
+                return (*refused, "client_assertion jti was already used (replay)")
+            self._seen_jti[jti] = float(exp)
+        return None
 
     def end_session(self, session_id: str) -> None:
         """From now on the Clerk endpoint answers 404 for ``session_id`` (signed out)."""

@@ -45,6 +45,7 @@ _OAUTH_CODES = {401: "invalid_client", 403: "access_denied", 404: "not_found",
 _METHODS = {"clerk": "POST", "m2m": "POST", "oauth": "POST", "jwks": "GET"}
 _CLERK_SHAPED = frozenset({"clerk", "m2m"})
 _MAX_BODY = 1 << 20
+_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def number(value: float) -> float | int:
@@ -296,14 +297,26 @@ class Handler(BaseHTTPRequestHandler):
 
     def _oauth(self, body: bytes) -> None:
         issuer = self.server.issuer
-        form = {k: v[-1] for k, v in parse_qs(body.decode(errors="replace")).items()}
+        fields = parse_qs(body.decode(errors="replace"))
+        form = {k: v[-1] for k, v in fields.items()}
         basic = self._basic_credentials()
         posted = (form.get("client_id"), form.get("client_secret"))
-        if basic is not None and posted[1] is not None:
+        assertion = form.get("client_assertion")
+        methods = (basic is not None) + (posted[1] is not None) + (
+            assertion is not None or "client_assertion_type" in form)
+        if methods > 1:
             self._error("oauth", 400, "invalid_request", "more than one client authentication")
             return
-        client = basic if basic is not None else posted
-        if client != (issuer.client_id, issuer.client_secret):
+        if assertion is not None or "client_assertion_type" in form:
+            if form.get("client_assertion_type") != _ASSERTION_TYPE or not assertion:
+                self._error("oauth", 400, "invalid_request",
+                            "client_assertion_type must be jwt-bearer, with a client_assertion")
+                return
+            failure = issuer.check_client_assertion(assertion, client_id=posted[0])
+            if failure is not None:
+                self._error("oauth", *failure)
+                return
+        elif (basic if basic is not None else posted) != (issuer.client_id, issuer.client_secret):
             self._error("oauth", 401, "invalid_client", "client authentication failed",
                         {"WWW-Authenticate": 'Basic realm="LocalIssuer"'})
             return
@@ -320,8 +333,11 @@ class Handler(BaseHTTPRequestHandler):
         if issuer.opaque:
             token = secrets.token_urlsafe(32)
         else:
+            resources = fields.get("resource", [])
+            audience: str | list[str] | None = form.get("audience") or (
+                resources[0] if len(resources) == 1 else resources or None)
             token = issuer.mint(sub=issuer.client_id, client_id=issuer.client_id,
-                                aud=form.get("audience"), scope=scope)
+                                aud=audience, scope=scope)
         issuer._issued_one("oauth")
         answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer",
                                   "expires_in": number(expires_in)}
