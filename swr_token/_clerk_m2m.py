@@ -16,7 +16,16 @@ from typing import Any, Literal
 import requests
 
 from ._errors import ConfigurationError, InvalidTokenError
-from ._http import DEFAULT_TIMEOUT, Transport, check_url, display_url, generic_hint
+from ._http import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOTAL_TIMEOUT,
+    Transport,
+    check_url,
+    display_url,
+    generic_hint,
+)
 from ._identity import clerk_m2m_identity
 from ._request import TokenRequest
 from ._sources import _credential, _HttpSource, _reject, _token
@@ -60,6 +69,8 @@ class ClerkM2MSource(_HttpSource):
     that never expire, which are then kept at most :data:`NON_EXPIRING_CACHE_LIFE` seconds.
     M2M tokens belong to the machine, not to a session: a request with a session id,
     template, organization or audience is refused before anything is sent.
+    ``total_timeout``, ``max_body`` and ``max_retry_after`` bound each attempt as for
+    :class:`~swr_token.ClerkBackendSource`.
     """
 
     __slots__ = ("_api_url", "_body", "_claims", "_life_if_unknown", "_machine_secret_key",
@@ -77,6 +88,9 @@ class ClerkM2MSource(_HttpSource):
         session: requests.Session | None = None,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         verify: bool | str = True,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
         how = ("pass machine_secret_key= or set the CLERK_MACHINE_SECRET_KEY environment "
                "variable to a machine's secret key (ak_...) from the Clerk Dashboard")
@@ -126,6 +140,7 @@ class ClerkM2MSource(_HttpSource):
         self._body = body
         self._transport = Transport(
             session=session, timeout=timeout, verify=verify, secrets=(key,), hint=_m2m_hint,
+            total_timeout=total_timeout, max_body=max_body, max_retry_after=max_retry_after,
         )
 
     @staticmethod
