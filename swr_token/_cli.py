@@ -575,6 +575,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "swr-token") -> int:
             return run_demo(DemoOptions(
                 duration=args.duration, fail_for=args.fail_for, lifetime=args.lifetime,
                 live=sys.stdout.isatty() and not args.timeline,
+                tty=sys.stdout.isatty(),
                 color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")), sys.stdout)
         except _UsageError as exc:
             _say(sys.stderr, sub, exc)

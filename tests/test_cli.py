@@ -262,7 +262,7 @@ def test_demo_ends_by_itself_with_a_sane_summary_and_no_token() -> None:
     assert "background refresh" in out and "outage" in out
     summary = out.split("\nsummary", 1)[1]
     numbers = {name: int(re.search(rf"{name}\s+([\d,]+)", summary)[1].replace(",", ""))
-               for name in ("calls served", "upstream requests", "waits", "stale serves")}
+               for name in ("calls served", "upstream requests", "waits", "stale")}
     assert numbers["calls served"] > 100
     assert 4 <= numbers["upstream requests"] < numbers["calls served"] / 10
     assert numbers["waits"] >= 1 and "longest" in summary
