@@ -15,7 +15,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from ._errors import (
     ConfigurationError,
@@ -26,7 +25,10 @@ from ._errors import (
 )
 from ._version import __version__
 
+TYPE_CHECKING = False  # not typing's: a cached `get` must not pay for importing typing
 if TYPE_CHECKING:
+    from typing import IO, Any, NoReturn
+
     from ._filestore import FileStore
 
 __all__ = ["main"]
@@ -88,6 +90,25 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # The width argparse would pick, without the import of shutil it does for it (a
+        # few ms of every cached `get`, which builds formatters but never prints help).
+        factory: Callable[..., argparse.HelpFormatter] = self.formatter_class  # all take width
+        return factory(prog=self.prog, width=_terminal_width() - 2)
+
+
+def _terminal_width() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        return max(int(os.environ["COLUMNS"]), 1)
+    except (KeyError, ValueError):
+        pass
+    stream = sys.__stdout__
+    try:
+        return (stream is not None and os.get_terminal_size(stream.fileno()).columns) or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def _env_help(text: str, var: str) -> str:
@@ -480,19 +501,20 @@ def _cached(store: FileStore | None, identity: str | None,
     from ._token import effective_margin
 
     try:
-        stored = store.get(identity, (key["session_id"], key["template"], None,
-                                      key["audience"]))
+        stored = store.peek(identity, (key["session_id"], key["template"], None,
+                                       key["audience"]))
     except OSError:
         return None  # an unreadable cache is no cache: the client path says why with -v
     if stored is None:
         return None
-    remaining = stored.expires_at - time.time()
-    lifetime = math.inf if stored.issued_at is None else stored.expires_at - stored.issued_at
+    raw, expires_at, issued_at = stored
+    remaining = expires_at - time.time()
+    lifetime = math.inf if issued_at is None else expires_at - issued_at
     if remaining <= effective_margin(_CACHE_MARGIN, lifetime):
         return None
     from ._token import fingerprint
 
-    return stored.raw, stored.expires_at, remaining, fingerprint(stored.raw)
+    return raw, expires_at, remaining, fingerprint(raw)
 
 
 def _cmd_cache(args: argparse.Namespace, prog: str) -> int:

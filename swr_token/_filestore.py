@@ -13,6 +13,9 @@
 The directory is created ``0700`` and entries ``0600``; one that others can write to, or that
 another user owns, is refused. No secret is ever written: only tokens, which are as sensitive
 as passwords for their short life.
+
+Kept light on purpose (no logging, dataclasses or engine imports at module level): a cached
+``swr-token get`` reads its answer through :meth:`FileStore.peek` and exits.
 """
 
 from __future__ import annotations
@@ -22,26 +25,21 @@ import errno
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ._errors import ConfigurationError
-from ._store import StoredToken
-from ._token import fingerprint
 
+TYPE_CHECKING = False  # not typing's: a cached `swr-token get` must not import typing
 if TYPE_CHECKING:
     from ._cache import Key
+    from ._store import StoredToken
 
 __all__ = ["FileEntry", "FileStore", "default_cache_dir"]
-
-_log = logging.getLogger("swr_token")
 
 _ENTRY = ".tok"
 _LOCK = ".lock"
@@ -60,15 +58,34 @@ def default_cache_dir() -> str:
     return os.path.join(base, "swr_token")
 
 
-@dataclass(frozen=True)
 class FileEntry:
     """One entry as :meth:`FileStore.entries` lists it (the token's ``raw`` stays inside
     ``token``; show ``fingerprint``, never the token)."""
 
-    scope: str
-    key: Key
-    token: StoredToken
-    fingerprint: str
+    __slots__ = ("fingerprint", "key", "scope", "token")
+
+    def __init__(self, scope: str, key: Key, token: StoredToken, fingerprint: str) -> None:
+        self.scope = scope
+        self.key = key
+        self.token = token
+        self.fingerprint = fingerprint
+
+    def __repr__(self) -> str:
+        return f"<FileEntry {self.key!r} {self.fingerprint}>"
+
+
+class _Record:
+    """A sound entry file, parsed."""
+
+    __slots__ = ("expires_at", "issued_at", "key", "raw", "scope")
+
+    def __init__(self, scope: str, key: Key, raw: str, expires_at: float,
+                 issued_at: float | None) -> None:
+        self.scope = scope
+        self.key = key
+        self.raw = raw
+        self.expires_at = expires_at
+        self.issued_at = issued_at
 
 
 class _Held:
@@ -180,19 +197,28 @@ class FileStore:
     def get(self, scope: str, key: Key) -> StoredToken | None:
         """The stored token for ``key`` of the source ``scope``, if one is there and still
         alive; anything unusable reads as nothing."""
-        path = self._name(scope, key) + _ENTRY
-        found = self._read(path)
+        found = self.peek(scope, key)
         if found is None:
             return None
-        entry, _ = found
+        from ._store import StoredToken
+
+        return StoredToken(*found)
+
+    def peek(self, scope: str, key: Key) -> tuple[str, float, float | None] | None:
+        """Like :meth:`get`, as ``(raw, expires_at, issued_at)``: for a caller that must
+        start fast (the CLI's cached path) and so loads nothing of the engine."""
+        path = self._name(scope, key) + _ENTRY
+        entry = self._read(path)
+        if entry is None:
+            return None
         if entry.scope != scope or entry.key != key:
             return None  # another key's entry (a hash clash) or a file copied here
-        if entry.token.expires_at <= time.time():
-            self._remove_if(path, entry.token.raw)  # lazy housekeeping
+        if entry.expires_at <= time.time():
+            self._remove_if(path, entry.raw)  # lazy housekeeping
             return None
-        return entry.token
+        return entry.raw, entry.expires_at, entry.issued_at
 
-    def _read(self, path: str) -> tuple[FileEntry, os.stat_result] | None:
+    def _read(self, path: str) -> _Record | None:
         """Parse one entry file; ``None`` for anything that is not a sound entry of ours.
 
         Only failures of the store itself (an unreadable directory, an I/O error) raise.
@@ -216,10 +242,9 @@ class FileStore:
             os.close(fd)
         if len(data) > self._max_file:
             return None
-        entry = self._parse(data)
-        return None if entry is None else (entry, info)
+        return self._parse(data)
 
-    def _parse(self, data: bytes) -> FileEntry | None:
+    def _parse(self, data: bytes) -> _Record | None:
         try:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
@@ -235,20 +260,17 @@ class FileStore:
                 or len(raw) > self._max_token or expires_at is None
                 or (issued is not None and issued_at is None)):
             return None
-        token = StoredToken(raw=raw, expires_at=expires_at, issued_at=issued_at)
-        return FileEntry(scope=scope, key=key, token=token, fingerprint=fingerprint(raw))
+        return _Record(scope, key, raw, expires_at, issued_at)
 
     def put(self, scope: str, key: Key, token: StoredToken) -> None:
         """Store ``token`` for ``key`` (kept until it expires), atomically, unless the entry
         already holds a newer one."""
         if not token.raw or len(token.raw) > self._max_token:
-            _log.debug("swr_token: FileStore: a token of %d characters is not stored",
-                       len(token.raw))
-            return
+            return  # too large to read back: not stored (the client keeps it in memory)
         path = self._name(scope, key) + _ENTRY
         current = self._read(path)
         if current is not None:
-            old = current[0].token
+            old = current
             if (old.issued_at is not None and token.issued_at is not None
                     and old.issued_at > token.issued_at and old.expires_at > time.time()):
                 return  # a late writer never replaces a newer token
@@ -283,7 +305,7 @@ class FileStore:
 
     def _remove_if(self, path: str, raw: str) -> None:
         found = self._read(path)
-        if found is None or found[0].token.raw != raw:
+        if found is None or found.raw != raw:
             return
         # Move the entry aside first, so a newer token written meanwhile is never the one
         # deleted: what was moved is checked again, and put back if it is not ``raw``.
@@ -294,7 +316,7 @@ class FileStore:
             return
         try:
             moved = self._read(aside)
-            if moved is not None and moved[0].token.raw != raw:
+            if moved is not None and moved.raw != raw:
                 with contextlib.suppress(FileExistsError):
                     os.link(aside, path)  # an even newer entry is there already: keep it
         finally:
@@ -408,13 +430,17 @@ class FileStore:
     def entries(self) -> list[FileEntry]:
         """The sound, unexpired entries (for ``swr-token cache list``), soonest expiry
         first."""
+        from ._store import StoredToken
+        from ._token import fingerprint
+
         now = time.time()
         found = []
         for item in self._scan():
             if item.name.endswith(_ENTRY):
                 read = self._read(item.path)
-                if read is not None and read[0].token.expires_at > now:
-                    found.append(read[0])
+                if read is not None and read.expires_at > now:
+                    token = StoredToken(read.raw, read.expires_at, read.issued_at)
+                    found.append(FileEntry(read.scope, read.key, token, fingerprint(read.raw)))
         return sorted(found, key=lambda entry: entry.token.expires_at)
 
     def clear(self) -> int:
@@ -463,7 +489,7 @@ class FileStore:
                 read = self._read(item.path)
             except OSError:
                 read = None
-            ranked.append((read[0].token.expires_at if read is not None else -1.0, item.path))
+            ranked.append((read.expires_at if read is not None else -1.0, item.path))
         ranked.sort()
         keep = self._max_entries * 9 // 10
         excess = len(ranked) - keep

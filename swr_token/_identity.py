@@ -14,8 +14,10 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
+
+TYPE_CHECKING = False  # not typing's: a cached `swr-token get` must not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["clerk_identity", "clerk_m2m_identity", "credential_tag", "oauth2_identity",
            "source_identity_of"]
@@ -31,9 +33,17 @@ def credential_tag(*parts: str) -> str:
 
 
 def _public_url(url: str) -> str:
-    """Scheme, host, port and path: user-info and query may carry credentials."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    """Scheme, host, port and path: user-info, query and fragment may carry credentials.
+
+    Split by hand (RFC 3986 delimiters): ``urllib.parse`` would cost a cached CLI call more
+    than everything else it does."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return ""
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    path = tail[:min((i for i in map(tail.find, "?#") if i >= 0), default=len(tail))]
+    return f"{scheme}://{authority.rpartition('@')[2]}{path}"
 
 
 def source_identity_of(kind: str, url: str, credential: str,

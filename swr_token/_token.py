@@ -10,9 +10,12 @@ import enum
 import hashlib
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ._errors import InvalidTokenError
+
+TYPE_CHECKING = False  # not typing's: a cached `swr-token get` must not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Freshness",
