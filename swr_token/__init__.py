@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ._executor import DaemonThreadPoolExecutor
     from ._filestore import FileStore
     from ._redis import RedisStore
-    from ._request import TokenRequest
+    from ._request import TokenRequest, attempt_budget
     from ._retry import RetryPolicy
     from ._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
     from ._store import StoredToken, TokenStore, source_identity
@@ -68,6 +68,7 @@ __all__ = [
     "TokenRequest",
     "TokenStore",
     "__version__",
+    "attempt_budget",
     "bearer_session",
     "classify",
     "source_identity",
@@ -85,6 +86,7 @@ _LAZY = {
     "FileStore": "_filestore",
     "RedisStore": "_redis",
     "TokenRequest": "_request",
+    "attempt_budget": "_request",
     "RetryPolicy": "_retry",
     "ClerkBackendSource": "_sources",
     "OAuth2ClientCredentialsSource": "_sources",

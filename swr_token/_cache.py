@@ -117,8 +117,8 @@ class Published:
 class Flight:
     """One upstream fetch for a key, possibly several attempts; waiters share its future."""
 
-    __slots__ = ("attempt", "background", "entry", "future", "key", "last_error", "own",
-                 "request", "seq", "started_at", "stop_at")
+    __slots__ = ("attempt", "background", "budget_until", "entry", "future", "key",
+                 "last_error", "own", "request", "seq", "started_at", "stop_at")
 
     def __init__(self, entry: Entry, *, seq: int, background: bool, own: bool, now: float,
                  stop_at: float | None) -> None:
@@ -136,13 +136,17 @@ class Flight:
         self.started_at = now
         #: A background refresh gives up here (the critical deadline) unless a caller joins.
         self.stop_at = stop_at
+        #: A fetch callers wait on gives up here: ``fetch_timeout`` after it started, or
+        #: later when a caller with a longer ``timeout=`` waits for it (set by the refresher).
+        self.budget_until = float("inf")
 
-    def join(self, now: float) -> None:
+    def join(self, now: float, fetch_timeout: float) -> None:
         """A waiting caller joined: from now on the fetch has the caller's budget."""
         if self.background and self.stop_at is not None:
             self.stop_at = None
             self.started_at = now
             self.attempt = 0
+            self.budget_until = now + fetch_timeout
 
 
 class Entry:

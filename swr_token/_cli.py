@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from ._errors import (
+    CallerTimeoutError,
     ConfigurationError,
     InvalidTokenError,
     TokenError,
     TokenFetchError,
     TokenRejectedError,
 )
+from ._request import TokenRequest
 from ._version import __version__
 
 TYPE_CHECKING = False  # not typing's: a cached `get` must not pay for importing typing
@@ -427,7 +429,10 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
         options: dict[str, Any] = {} if store is None else {"store": store,
                                                              "margin": _CACHE_MARGIN}
         try:
-            with TokenClient(source, fetch_timeout=args.timeout, **options) as client:
+            # --timeout bounds the whole wait: the fetch, its retries and each request follow
+            # from it (the client stretches the source's own limits to the callers' budget).
+            # The fetch gets a second more than the wait, so what ends it is --timeout itself.
+            with TokenClient(source, fetch_timeout=args.timeout + 1.0, **options) as client:
                 info = client.get_token_info(
                     key["session_id"], template=key["template"], audience=key["audience"],
                     timeout=args.timeout)
@@ -446,9 +451,15 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
     except InvalidTokenError as exc:
         _say(sys.stderr, prog, exc)
         return EXIT_INVALID
+    except CallerTimeoutError:
+        wanted = TokenRequest(key["session_id"], key["template"], None, key["audience"])
+        _say(sys.stderr, prog, f"no token for {wanted.describe()} within --timeout "
+             f"{args.timeout:g} s: the issuer did not answer in time; raise --timeout if it "
+             "is this slow, or run again later")
+        return EXIT_TRANSIENT
     except TokenFetchError as exc:
-        _say(sys.stderr, prog, f"{exc} [gave up after retrying; run again later, or raise "
-             "--timeout]")
+        _say(sys.stderr, prog, f"{exc} [gave up after retrying within --timeout "
+             f"{args.timeout:g} s; run again later]")
         return EXIT_TRANSIENT
     except TokenError as exc:
         _say(sys.stderr, prog, exc)

@@ -20,7 +20,12 @@ from typing import Any, TypedDict, Unpack
 from . import _fork
 from ._cache import Cache, Entry, Flight, Key
 from ._clock import Clock, SystemClock
-from ._errors import ClientClosedError, ConfigurationError, TokenFetchError, caller_copy
+from ._errors import (
+    CallerTimeoutError,
+    ClientClosedError,
+    ConfigurationError,
+    caller_copy,
+)
 from ._executor import DaemonThreadPoolExecutor
 from ._refresh import Counters, ErrorHook, Refresher, TokenHook, release
 from ._request import TokenRequest
@@ -282,6 +287,7 @@ class TokenClient:
                 self._check_open()
                 flight = self._refresher.start(self._cache.entry_for(key, now),
                                                background=False, own=True)
+            self._refresher.wait_budget(flight, timeout)
             self._refresher.dispatch(flight)
             return self._wait(flight, timeout)
 
@@ -315,6 +321,8 @@ class TokenClient:
                 error = entry.fail_error
             else:
                 flight = self._refresher.start(entry, background=False)
+            if error is None:
+                self._refresher.wait_budget(flight, timeout)
         if error is not None:
             # Fail fast: the issuer just failed and nothing servable exists. Each caller
             # raises its own copy, so the shared failure's traceback does not grow.
@@ -328,10 +336,10 @@ class TokenClient:
         try:
             error = flight.future.exception(timeout)
         except FuturesTimeout:
-            raise TokenFetchError(
+            raise CallerTimeoutError(
                 f"timed out after {timeout:g} s waiting for a token for "
-                f"{flight.request.describe()}; the fetch goes on for other callers — "
-                "pass a larger timeout or try again"
+                f"{flight.request.describe()} (this call's timeout=); the fetch goes on for "
+                "other callers — pass a larger timeout= or try again"
             ) from None
         if error is not None:
             # Shared by every waiter of the flight: each raises its own copy.

@@ -10,6 +10,7 @@ import copy
 
 __all__ = [
     "PROGRAMMING_ERRORS",
+    "CallerTimeoutError",
     "ClientClosedError",
     "ConfigurationError",
     "InvalidTokenError",
@@ -55,6 +56,14 @@ class TokenFetchError(TokenError):
     ) -> None:
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
+
+
+class CallerTimeoutError(TokenFetchError):
+    """This caller's own ``timeout=`` ran out while the fetch goes on for others.
+
+    Not exported: a :class:`TokenFetchError` to users; the CLI tells it apart to name
+    ``--timeout`` rather than the Python argument.
+    """
 
 
 class InvalidTokenError(TokenError):

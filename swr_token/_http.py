@@ -24,6 +24,7 @@ import requests
 import requests.auth
 
 from ._errors import ConfigurationError, TokenFetchError, TokenRejectedError
+from ._request import attempt_budget
 from ._version import __version__
 from ._wire import (
     DEFAULT_MAX_BODY,
@@ -336,6 +337,13 @@ class Transport:
         ``authorization`` is the whole ``Authorization`` header value, if any.
         """
         total_timeout, max_body, _ = self._limits
+        timeout = self._timeout
+        budget = attempt_budget()
+        if budget is not None:
+            # Callers wait longer than this source's own limits (a get_token timeout=, the
+            # CLI's --timeout): one slow answer may take that long instead of failing early.
+            total_timeout = max(total_timeout, budget)
+            timeout = (timeout[0], max(timeout[1], budget))
         try:
             answer = exchange(
                 self.session, "POST", url, total_timeout=total_timeout, max_body=max_body,
@@ -344,12 +352,12 @@ class Transport:
                 auth=_Authorization(authorization),
                 data=data,
                 json=json_body,
-                timeout=self._timeout,
+                timeout=timeout,
                 verify=self._verify,
                 allow_redirects=False,
             )
         except Exception as exc:
-            error = network_error(exc, what, timeout=self._timeout,
+            error = network_error(exc, what, timeout=timeout,
                                   total_timeout=total_timeout, max_body=max_body)
             if error is exc:
                 raise

@@ -27,7 +27,7 @@ from ._errors import (
     TokenRejectedError,
 )
 from ._parking import Parking
-from ._request import TokenRequest
+from ._request import TokenRequest, attempt_budget_of
 from ._retry import RetryPolicy, SourcePacer, jittered_backoff
 from ._store import SharedStore, StoredToken, token_from_stored
 from ._timer import Timer
@@ -119,6 +119,8 @@ class Refresher:
                         stop_at=stop_at)
         if not own:
             entry.flight = flight
+        if not background:
+            flight.budget_until = now + self.fetch_timeout
         self.flights.add(flight)
         if background:
             self.counters.background_refreshes += 1
@@ -137,7 +139,7 @@ class Refresher:
             return
         now = self.clock.deadline()
         if flight.attempt == 0 and not flight.background:
-            self.timer.call_at(now + self.fetch_timeout, lambda: self._time_out(flight))
+            self.timer.call_at(flight.budget_until, lambda: self._time_out(flight))
         refreshing = flight.background and flight.stop_at is not None
         if not flight.own and not self.pacer.permit(now):
             error = self.pacer.last_error or TokenFetchError(
@@ -145,7 +147,7 @@ class Refresher:
             slot = self.pacer.next_slot + random.uniform(0.0, 0.05)
             if refreshing:
                 self._park(flight, error)
-            elif slot < flight.started_at + self.fetch_timeout:
+            elif slot < flight.budget_until:
                 self.parking.wait_for_slot(flight, slot)
             else:
                 self._fail(flight, error, now)
@@ -215,8 +217,7 @@ class Refresher:
             due = now + wait
             # A refresh stops at the critical deadline; a fetch callers wait on at its budget
             # (giving up now with the real failure beats a time-out later).
-            limit = flight.stop_at if flight.stop_at is not None \
-                else flight.started_at + self.fetch_timeout
+            limit = flight.stop_at if flight.stop_at is not None else flight.budget_until
             if due < limit:
                 self.timer.call_at(due, lambda: self.dispatch(flight))
                 return
@@ -245,7 +246,12 @@ class Refresher:
 
         def call_source() -> tuple[Token, float]:
             self.counters.fetches += 1
-            token = self._receive(self.source(flight.request))
+            budget = None
+            if not (flight.background and flight.stop_at is not None):
+                budget = max(flight.budget_until - self.clock.deadline(), 0.0)
+            with attempt_budget_of(budget):
+                result = self.source(flight.request)
+            token = self._receive(result)
             iat = token.issued_at
             # An opaque token is ordered by when it arrived, on a wall clock that a step
             # after start-up cannot move backwards (a newer token never ranks older).
@@ -265,7 +271,7 @@ class Refresher:
         if flight.background and flight.stop_at is not None:
             budget = flight.stop_at - now
         else:  # leave half the caller's budget for fetching here if the other never answers
-            budget = (flight.started_at + self.fetch_timeout - now) / 2
+            budget = (flight.budget_until - now) / 2
         (token, issued), from_source = shared.fetch(
             flight.key, call_source,
             lambda stored: self.accept_shared(flight.entry, stored, flight=flight),
@@ -437,19 +443,31 @@ class Refresher:
         """A caller now waits on ``flight``: lift a refresh's critical-deadline stop and give
         it the caller's budget (and its watchdog)."""
         if flight.background and flight.stop_at is not None:
-            flight.join(self.clock.deadline())
-            self.timer.call_at(flight.started_at + self.fetch_timeout,
-                               lambda: self._time_out(flight))
+            flight.join(self.clock.deadline(), self.fetch_timeout)
+            self.timer.call_at(flight.budget_until, lambda: self._time_out(flight))
+
+    def wait_budget(self, flight: Flight, timeout: float | None) -> None:
+        """A caller waits up to ``timeout`` s for ``flight`` (with ``cache.lock`` held): a
+        timeout past the fetch's budget extends it, so the fetch, its retries and each
+        attempt (:func:`attempt_budget`) may take as long as that caller is willing to wait."""
+        if timeout is None or (flight.background and flight.stop_at is not None):
+            return
+        until = self.clock.deadline() + timeout
+        if until > flight.budget_until:
+            flight.budget_until = until
+            self.timer.call_at(until, lambda: self._time_out(flight))
 
     def _time_out(self, flight: Flight) -> None:
         """A waited-on fetch ran past its budget (a hung request): release its waiters."""
-        if flight.future.done():
-            return
+        if flight.future.done() or self.clock.deadline() < flight.budget_until:
+            return  # settled, or a caller extended the budget since this watchdog was set
         # Waiting for a retry or a pacer slot, the last failure says what is wrong; with a
         # request hanging in flight, the time-out itself does.
         error = flight.last_error or TokenFetchError(
             f"fetching a token for {flight.request.describe()} took longer than "
-            f"{self.fetch_timeout:g} s; the issuer may be hanging, try again later")
+            f"{flight.budget_until - flight.started_at:g} s (TokenClient's fetch_timeout=, or "
+            "the longest timeout= of the callers waiting for it); the issuer may be hanging, "
+            "try again later")
         self._fail(flight, error, self.clock.deadline())
 
     def _retire(self, flight: Flight) -> None:

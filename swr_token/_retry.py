@@ -30,16 +30,18 @@ _RETRYING = tenacity.Retrying()
 class RetryPolicy:
     """How a fetch retries transient failures, as tenacity ``wait``/``stop``/``retry`` objects.
 
-    Defaults: full-jitter exponential backoff (0.25 s window, doubling, at most 4 s), at most
-    4 attempts and no attempt that would start 10 s after the first; only
-    :class:`TokenFetchError` is retried. A ``Retry-After`` longer than the drawn wait wins.
+    Defaults: full-jitter exponential backoff (0.25 s window, doubling, at most 4 s) and at
+    most 4 attempts; only :class:`TokenFetchError` is retried. A ``Retry-After`` longer than
+    the drawn wait wins. Time is bounded by the engine, not here: no retry starts past the
+    fetch's budget (``fetch_timeout``, or a waiting caller's longer ``timeout=``; for a
+    background refresh, the key's critical deadline).
     """
 
     wait: wait_base = field(
         default_factory=lambda: tenacity.wait_random_exponential(multiplier=0.25, max=4.0)
     )
     stop: stop_base = field(
-        default_factory=lambda: tenacity.stop_after_attempt(4) | tenacity.stop_before_delay(10.0)
+        default_factory=lambda: tenacity.stop_after_attempt(4)
     )
     retry: retry_base = field(
         default_factory=lambda: tenacity.retry_if_exception_type(TokenFetchError)
