@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from ._errors import (
-    CallerTimeoutError,
     ConfigurationError,
     InvalidTokenError,
+    TimedOutError,
     TokenError,
     TokenFetchError,
     TokenRejectedError,
@@ -429,13 +429,13 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
         options: dict[str, Any] = {} if store is None else {"store": store,
                                                              "margin": _CACHE_MARGIN}
         try:
-            # --timeout bounds the whole wait: the fetch, its retries and each request follow
-            # from it (the client stretches the source's own limits to the callers' budget).
-            # The fetch gets a second more than the wait, so what ends it is --timeout itself.
-            with TokenClient(source, fetch_timeout=args.timeout + 1.0, **options) as client:
+            # --timeout bounds the whole wait: it is the fetch's budget, and its retries and
+            # each request follow from it (the client stretches the source's own limits to
+            # the budget). The wait itself gets a second more, as a safety net only.
+            with TokenClient(source, fetch_timeout=args.timeout, **options) as client:
                 info = client.get_token_info(
                     key["session_id"], template=key["template"], audience=key["audience"],
-                    timeout=args.timeout)
+                    timeout=args.timeout + 1.0)
         finally:
             source.close()
         if store is not None and _cached(store, getattr(source, "identity", identity),
@@ -451,11 +451,13 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
     except InvalidTokenError as exc:
         _say(sys.stderr, prog, exc)
         return EXIT_INVALID
-    except CallerTimeoutError:
+    except TimedOutError as exc:
         wanted = TokenRequest(key["session_id"], key["template"], None, key["audience"])
+        why = "the issuer did not answer in time" if exc.last_error is None \
+            else f"the last attempt failed: {exc.last_error}"
         _say(sys.stderr, prog, f"no token for {wanted.describe()} within --timeout "
-             f"{args.timeout:g} s: the issuer did not answer in time; raise --timeout if it "
-             "is this slow, or run again later")
+             f"{args.timeout:g} s ({why}); raise --timeout if the issuer is this slow, or run "
+             "again later")
         return EXIT_TRANSIENT
     except TokenFetchError as exc:
         _say(sys.stderr, prog, f"{exc} [gave up after retrying within --timeout "

@@ -21,9 +21,9 @@ from . import _fork
 from ._cache import Cache, Entry, Flight, Key
 from ._clock import Clock, SystemClock
 from ._errors import (
-    CallerTimeoutError,
     ClientClosedError,
     ConfigurationError,
+    TimedOutError,
     caller_copy,
 )
 from ._executor import DaemonThreadPoolExecutor
@@ -336,10 +336,13 @@ class TokenClient:
         try:
             error = flight.future.exception(timeout)
         except FuturesTimeout:
-            raise CallerTimeoutError(
+            last = flight.last_error
+            raise TimedOutError(
                 f"timed out after {timeout:g} s waiting for a token for "
-                f"{flight.request.describe()} (this call's timeout=); the fetch goes on for "
-                "other callers — pass a larger timeout= or try again"
+                f"{flight.request.describe()} (this call's timeout=)"
+                + (f"; the last attempt failed: {last}" if last is not None else "")
+                + "; the fetch goes on for other callers — pass a larger timeout= or try "
+                "again", last_error=last,
             ) from None
         if error is not None:
             # Shared by every waiter of the flight: each raises its own copy.

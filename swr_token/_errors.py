@@ -10,10 +10,10 @@ import copy
 
 __all__ = [
     "PROGRAMMING_ERRORS",
-    "CallerTimeoutError",
     "ClientClosedError",
     "ConfigurationError",
     "InvalidTokenError",
+    "TimedOutError",
     "TokenError",
     "TokenFetchError",
     "TokenRejectedError",
@@ -58,12 +58,17 @@ class TokenFetchError(TokenError):
         self.retry_after = retry_after
 
 
-class CallerTimeoutError(TokenFetchError):
-    """This caller's own ``timeout=`` ran out while the fetch goes on for others.
+class TimedOutError(TokenFetchError):
+    """A wait ran out of time: a caller's own ``timeout=``, or a fetch's budget with a
+    request still hanging. ``last_error`` is the last failed attempt's error, if any.
 
     Not exported: a :class:`TokenFetchError` to users; the CLI tells it apart to name
-    ``--timeout`` rather than the Python argument.
+    ``--timeout`` rather than the Python arguments.
     """
+
+    def __init__(self, message: str, *, last_error: TokenError | None = None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
 
 
 class InvalidTokenError(TokenError):

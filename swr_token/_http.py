@@ -342,6 +342,9 @@ class Transport:
         if budget is not None:
             # Callers wait longer than this source's own limits (a get_token timeout=, the
             # CLI's --timeout): one slow answer may take that long instead of failing early.
+            # A little past the budget, so that the budget (whose message names the knob the
+            # caller has) ends the wait, not this attempt's own limit.
+            budget += 0.5
             total_timeout = max(total_timeout, budget)
             timeout = (timeout[0], max(timeout[1], budget))
         try:

@@ -22,6 +22,7 @@ from ._errors import (
     PROGRAMMING_ERRORS,
     ClientClosedError,
     InvalidTokenError,
+    TimedOutError,
     TokenError,
     TokenFetchError,
     TokenRejectedError,
@@ -463,7 +464,7 @@ class Refresher:
             return  # settled, or a caller extended the budget since this watchdog was set
         # Waiting for a retry or a pacer slot, the last failure says what is wrong; with a
         # request hanging in flight, the time-out itself does.
-        error = flight.last_error or TokenFetchError(
+        error = flight.last_error or TimedOutError(
             f"fetching a token for {flight.request.describe()} took longer than "
             f"{flight.budget_until - flight.started_at:g} s (TokenClient's fetch_timeout=, or "
             "the longest timeout= of the callers waiting for it); the issuer may be hanging, "
