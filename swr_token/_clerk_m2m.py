@@ -26,7 +26,7 @@ from ._http import (
     display_url,
     generic_hint,
 )
-from ._identity import clerk_m2m_identity
+from ._identity import M2M_DEFAULT_SECONDS, clerk_m2m_identity
 from ._request import TokenRequest
 from ._sources import _credential, _HttpSource, _reject, _token
 from ._token import Token
@@ -41,7 +41,7 @@ TokenFormat = Literal["jwt", "opaque"]
 
 #: Sent when the caller sets no ``seconds_until_expiration``: Clerk's own default is a token
 #: that never expires, which nobody should hold by accident.
-DEFAULT_SECONDS_UNTIL_EXPIRATION = 3600
+DEFAULT_SECONDS_UNTIL_EXPIRATION = M2M_DEFAULT_SECONDS
 #: The longest a token without an expiration is kept (seconds): the TokenClient's default
 #: lifetime cap, applied here too so the bound holds with any client.
 NON_EXPIRING_CACHE_LIFE = 86400.0

@@ -63,6 +63,9 @@ Clerk (a session token):
 OAuth2 client credentials (an access token):
   swr-token get --token-url https://auth.example.com/oauth/token --client-id ID \\
       --secret-file ~/.config/app/client-secret [--scope 'read write'] [--audience API]
+  ... --private-key-file ~/.config/app/client.pem [--key-id KID]   (private_key_jwt)
+Clerk machine-to-machine (an M2M token; each creation is billed, the cache keeps it):
+  CLERK_MACHINE_SECRET_KEY=ak_... swr-token get --m2m [--claims '{{"role": "cron"}}']
 
 In a script:  curl -H "Authorization: Bearer $(swr-token get --session "$SID")" ...
 
@@ -72,8 +75,9 @@ tokens are cached in a private directory ($XDG_CACHE_HOME/swr_token, else
 once per token lifetime; --no-cache asks every time. See: swr-token cache list
 
 secrets (never a flag: command lines show in ps and shell history), first found wins:
-  --secret-file PATH, --secret-stdin, then CLERK_SECRET_KEY (Clerk) or
-  SWR_TOKEN_CLIENT_SECRET (OAuth2)
+  --secret-file PATH, --secret-stdin, then CLERK_SECRET_KEY (Clerk),
+  CLERK_MACHINE_SECRET_KEY (--m2m) or SWR_TOKEN_CLIENT_SECRET (OAuth2); a private key
+  only from --private-key-file
 
 stdout holds the token (or the --json document) and nothing else; errors go to stderr
 as one line saying what to do.
@@ -162,6 +166,18 @@ def _build_parser(prog: str) -> _Parser:
                        help=_env_help("JWT template name", "SWR_TOKEN_TEMPLATE"))
     clerk.add_argument("--api-url", default=env("CLERK_API_URL"), metavar="URL",
                        help=_env_help("default https://api.clerk.com/v1", "CLERK_API_URL"))
+    m2m = get.add_argument_group("Clerk M2M tokens (with --api-url)")
+    m2m.add_argument("--m2m", action="store_true", default=bool(env("SWR_TOKEN_M2M")),
+                     help=_env_help("a machine-to-machine token, with the machine secret key "
+                                    "from CLERK_MACHINE_SECRET_KEY", "SWR_TOKEN_M2M"))
+    m2m.add_argument("--claims", default=env("SWR_TOKEN_M2M_CLAIMS"), metavar="JSON",
+                     help=_env_help("custom claims, a JSON object", "SWR_TOKEN_M2M_CLAIMS"))
+    m2m.add_argument("--seconds-until-expiration", type=_whole_seconds,
+                     default=env("SWR_TOKEN_M2M_SECONDS"), metavar="N",
+                     help=_env_help("token lifetime (default: 3600)", "SWR_TOKEN_M2M_SECONDS"))
+    m2m.add_argument("--token-format", choices=("jwt", "opaque"),
+                     default=env("SWR_TOKEN_M2M_FORMAT") or "jwt",
+                     help=_env_help("default jwt", "SWR_TOKEN_M2M_FORMAT"))
     oauth = get.add_argument_group("OAuth2 client credentials")
     oauth.add_argument("--token-url", default=env("SWR_TOKEN_TOKEN_URL"), metavar="URL",
                        help=_env_help("token endpoint", "SWR_TOKEN_TOKEN_URL"))
@@ -170,7 +186,28 @@ def _build_parser(prog: str) -> _Parser:
     oauth.add_argument("--scope", default=env("SWR_TOKEN_SCOPE"), metavar="SCOPE",
                        help=_env_help("space-separated scopes", "SWR_TOKEN_SCOPE"))
     oauth.add_argument("--audience", default=env("SWR_TOKEN_AUDIENCE"), metavar="AUD",
-                       help=_env_help("audience (resource) to ask for", "SWR_TOKEN_AUDIENCE"))
+                       help=_env_help("audience to ask for (Auth0 style)", "SWR_TOKEN_AUDIENCE"))
+    oauth.add_argument("--resource", action="append", metavar="URI",
+                       default=(env("SWR_TOKEN_RESOURCE") or "").split() or None,
+                       help=_env_help("RFC 8707 resource indicator, repeatable (Okta, Azure, "
+                                      "Keycloak); env: space-separated", "SWR_TOKEN_RESOURCE"))
+    oauth.add_argument("--auth-method", metavar="METHOD", default=env("SWR_TOKEN_AUTH_METHOD"),
+                       choices=("client_secret_basic", "client_secret_post",
+                                "client_secret_jwt", "private_key_jwt"),
+                       help=_env_help("client_secret_basic (default with a secret), "
+                                      "client_secret_post, client_secret_jwt or "
+                                      "private_key_jwt (default with --private-key-file)",
+                                      "SWR_TOKEN_AUTH_METHOD"))
+    oauth.add_argument("--private-key-file", metavar="PATH",
+                       default=env("SWR_TOKEN_PRIVATE_KEY_FILE"),
+                       help=_env_help("sign a private_key_jwt assertion with this PEM key "
+                                      "(RSA or P-256)", "SWR_TOKEN_PRIVATE_KEY_FILE"))
+    oauth.add_argument("--key-id", metavar="KID", default=env("SWR_TOKEN_KEY_ID"),
+                       help=_env_help("the kid registered for the key", "SWR_TOKEN_KEY_ID"))
+    oauth.add_argument("--signing-algorithm", metavar="ALG", default=env("SWR_TOKEN_SIGNING_ALG"),
+                       choices=("RS256", "PS256", "ES256", "HS256"),
+                       help=_env_help("RS256, PS256, ES256 (default by key type) or HS256 "
+                                      "(client_secret_jwt)", "SWR_TOKEN_SIGNING_ALG"))
     secret = get.add_argument_group("secret (never a flag)").add_mutually_exclusive_group()
     secret.add_argument("--secret-file", metavar="PATH",
                         help="read the secret from this file (surrounding whitespace ignored)")
@@ -262,6 +299,12 @@ def _lifetime(text: str) -> int:
     return int(text)
 
 
+def _whole_seconds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive whole number of seconds")
+    return int(text)
+
+
 def _env_float(var: str, default: float) -> float:
     value = os.environ.get(var)
     if value is None:
@@ -280,10 +323,19 @@ def _one_line(message: object) -> str:
 #: (pattern, replacement), applied in order to every message from the library.
 _CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), replacement) for pattern, replacement in (
+        (r"\bmachine_secret_key= or CLERK_MACHINE_SECRET_KEY\b( environment variable)?",
+         "CLERK_MACHINE_SECRET_KEY, --secret-file PATH or --secret-stdin"),
         (r"\bsecret_key= or CLERK_SECRET_KEY\b( environment variable)?",
          "CLERK_SECRET_KEY, --secret-file PATH or --secret-stdin"),
-        # This command always sends the client credentials with HTTP Basic.
-        (r" \(and auth_method: [^)]*\)", ""),
+        (r"\bseconds_until_expiration\b", "--seconds-until-expiration"),
+        (r"\btoken_format\b", "--token-format"),
+        (r"pass private_key= as PEM text[^;]*object", "pass --private-key-file PATH (PEM)"),
+        (r"\bprivate_key file\b", "--private-key-file"),
+        (r"\bprivate_key\b", "the key in --private-key-file"),
+        (r"\bkey_id\b", "--key-id"),
+        (r"\bsigning_algorithm\b", "--signing-algorithm"),
+        (r"\(resource=\)", "(--resource)"),
+        (r"\bauth_method\b", "--auth-method"),
         (r"\bapi_url\b", "--api-url"),
         (r"\btoken_url\b", "--token-url"),
         (r"\bclient_id\b", "--client-id"),
@@ -358,6 +410,16 @@ def _build_source(args: argparse.Namespace
     if args.session and args.token_url:
         raise _UsageError("both a Clerk session (--session / SWR_TOKEN_SESSION) and an OAuth2 "
                           "token URL (--token-url / SWR_TOKEN_TOKEN_URL) are set; give one")
+    _refuse_flags(args, "--m2m" if args.m2m else None, _M2M_FLAGS,
+                  "for Clerk M2M tokens (--m2m)")
+    _refuse_flags(args, "--token-url" if args.token_url else None, _ASSERTION_FLAGS,
+                  "for OAuth2 (--token-url)")
+    if args.m2m:
+        if args.session or args.token_url:
+            raise _UsageError("--m2m asks for a machine-to-machine token, which has no session "
+                              "and no token URL; drop --session / --token-url (or their "
+                              "environment variables)")
+        return _m2m_source(args)
     if args.token_url:
         if "--template" in args.given:
             raise _UsageError("--template is for Clerk (--session); OAuth2 takes --scope "
@@ -365,17 +427,22 @@ def _build_source(args: argparse.Namespace
         if not args.client_id:
             raise _UsageError("OAuth2 needs a client id: pass --client-id ID or set "
                               "SWR_TOKEN_CLIENT_ID")
+        if args.private_key_file or args.auth_method == "private_key_jwt":
+            return _oauth2_key_source(args)
         secret, where = _read_secret(args, "SWR_TOKEN_CLIENT_SECRET", "client secret")
+        resource = tuple(args.resource or ())
 
         def oauth2() -> Any:
             from ._sources import OAuth2ClientCredentialsSource
 
             return OAuth2ClientCredentialsSource(
-                args.token_url, args.client_id, secret, scope=args.scope)
+                args.token_url, args.client_id, secret, scope=args.scope,
+                resource=resource or None, auth_method=args.auth_method,
+                key_id=args.key_id, signing_algorithm=args.signing_algorithm)
 
         key = {"session_id": None, "template": None, "audience": args.audience or None}
         identity = oauth2_identity(args.token_url, args.client_id, secret,
-                                   scope=args.scope or None, audience=None)
+                                   scope=args.scope or None, audience=None, resource=resource)
         return oauth2, key, where, identity
     if args.session:
         for flag in ("--client-id", "--scope", "--audience"):
@@ -395,6 +462,97 @@ def _build_source(args: argparse.Namespace
     raise _UsageError("say which token: --session ID for Clerk (with CLERK_SECRET_KEY) or "
                       "--token-url URL --client-id ID for OAuth2 (or their environment "
                       "variables)")
+
+
+_M2M_FLAGS = ("--claims", "--seconds-until-expiration", "--token-format")
+_ASSERTION_FLAGS = ("--private-key-file", "--key-id", "--signing-algorithm", "--auth-method",
+                    "--resource")
+
+
+def _refuse_flags(args: argparse.Namespace, mode: str | None, flags: Sequence[str],
+                  what: str) -> None:
+    """Flags of another kind of token are a usage error, not silently ignored."""
+    if mode is not None:
+        return
+    given = [flag for flag in flags if flag in args.given]
+    if given:
+        raise _UsageError(f"{', '.join(given)}: only {what}")
+
+
+def _m2m_source(args: argparse.Namespace
+                ) -> tuple[Callable[[], Any], dict[str, str | None], str, str | None]:
+    """``--m2m``: a ClerkM2MSource; the key has no parts (M2M tokens belong to the machine)."""
+    from ._identity import M2M_DEFAULT_SECONDS, clerk_m2m_identity
+
+    for flag in ("--client-id", "--scope", "--audience", "--template"):
+        if flag in args.given:
+            raise _UsageError(f"{flag} is not for --m2m: an M2M token belongs to the machine; "
+                              "use --claims to put data in it")
+    claims: dict[str, Any] | None = None
+    if args.claims:
+        try:
+            claims = json.loads(args.claims)
+        except ValueError:
+            claims = None
+        if not isinstance(claims, dict):
+            raise _UsageError("--claims must be a JSON object, e.g. '{\"role\": \"cron\"}'")
+    secret, where = _read_secret(args, "CLERK_MACHINE_SECRET_KEY", "Clerk machine secret key")
+    api_url = args.api_url or "https://api.clerk.com/v1"
+    seconds = args.seconds_until_expiration
+    if isinstance(seconds, str):  # from SWR_TOKEN_M2M_SECONDS: argparse leaves defaults be
+        try:
+            seconds = _whole_seconds(seconds)
+        except argparse.ArgumentTypeError as exc:
+            raise _UsageError(f"SWR_TOKEN_M2M_SECONDS: {exc}") from None
+
+    def m2m() -> Any:
+        from ._clerk_m2m import ClerkM2MSource
+
+        return ClerkM2MSource(secret, api_url=api_url, claims=claims,
+                              seconds_until_expiration=seconds, token_format=args.token_format)
+
+    key: dict[str, str | None] = {"session_id": None, "template": None, "audience": None}
+    identity = None
+    if args.token_format in ("jwt", "opaque"):
+        identity = clerk_m2m_identity(api_url, secret, token_format=args.token_format,
+                                      seconds_until_expiration=seconds or M2M_DEFAULT_SECONDS,
+                                      claims=claims)
+    return m2m, key, where, identity
+
+
+def _oauth2_key_source(args: argparse.Namespace
+                       ) -> tuple[Callable[[], Any], dict[str, str | None], str, str | None]:
+    """OAuth2 with ``private_key_jwt``: the key only from ``--private-key-file``."""
+    if args.secret_file or args.secret_stdin:
+        raise _UsageError("--private-key-file authenticates with the key; drop "
+                          "--secret-file / --secret-stdin")
+    if not args.private_key_file:
+        raise _UsageError("--auth-method private_key_jwt needs --private-key-file PATH")
+    from pathlib import Path
+
+    from ._assertion import check_key_algorithm, load_private_key, public_key_thumbprint
+    from ._identity import oauth2_identity
+
+    where = f"--private-key-file {args.private_key_file}"
+    try:
+        private_key = load_private_key(Path(os.path.expanduser(args.private_key_file)))
+        algorithm = check_key_algorithm(private_key, args.signing_algorithm)
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from None
+    resource = tuple(args.resource or ())
+
+    def oauth2() -> Any:
+        from ._sources import OAuth2ClientCredentialsSource
+
+        return OAuth2ClientCredentialsSource(
+            args.token_url, args.client_id, scope=args.scope, resource=resource or None,
+            private_key=private_key, key_id=args.key_id, signing_algorithm=algorithm)
+
+    key = {"session_id": None, "template": None, "audience": args.audience or None}
+    identity = oauth2_identity(args.token_url, args.client_id,
+                               f"{algorithm}:{public_key_thumbprint(private_key)}",
+                               scope=args.scope or None, audience=None, resource=resource)
+    return oauth2, key, where, identity
 
 
 def _cmd_get(args: argparse.Namespace, prog: str) -> int:
@@ -445,7 +603,8 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
     except TokenRejectedError as exc:
-        hint = f" (the secret came from {where})" if exc.status in (401, 403) else ""
+        credential = "key" if where.startswith("--private-key-file") else "secret"
+        hint = f" (the {credential} came from {where})" if exc.status in (401, 403) else ""
         _say(sys.stderr, prog, f"{exc}{hint}")
         return EXIT_REJECTED
     except InvalidTokenError as exc:

@@ -19,8 +19,12 @@ TYPE_CHECKING = False  # not typing's: a cached `swr-token get` must not import 
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["clerk_identity", "clerk_m2m_identity", "credential_tag", "oauth2_identity",
-           "source_identity_of"]
+__all__ = ["M2M_DEFAULT_SECONDS", "clerk_identity", "clerk_m2m_identity", "credential_tag",
+           "oauth2_identity", "source_identity_of"]
+
+#: ``ClerkM2MSource``'s default ``seconds_until_expiration``; here so that the CLI's cached
+#: path computes the same identity without importing the HTTP stack.
+M2M_DEFAULT_SECONDS = 3600
 
 _LABEL = b"swr_token source identity v1"
 
