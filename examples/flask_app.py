@@ -27,6 +27,9 @@ def create_app(**settings: str) -> Flask:
     """The app; each setting comes from ``settings`` or else the environment."""
     app = Flask(__name__)
     app.config.update({name: os.environ.get(name) for name in SETTINGS}, **settings)
+    missing = [name for name in SETTINGS[:3] + SETTINGS[4:] if not app.config.get(name)]
+    if missing:  # say which, rather than fail on the first None
+        raise RuntimeError(f"flask_app needs {', '.join(missing)} (see the top of flask_app.py)")
     source = swr_token.OAuth2ClientCredentialsSource(
         app.config["SWR_TOKEN_TOKEN_URL"], app.config["SWR_TOKEN_CLIENT_ID"],
         app.config["SWR_TOKEN_CLIENT_SECRET"], scope=app.config["SWR_TOKEN_SCOPE"])

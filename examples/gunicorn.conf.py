@@ -2,8 +2,9 @@
 
     cd examples && gunicorn -c gunicorn.conf.py 'flask_app:create_app()'
 
-(gunicorn is not a dependency of swr_token; flask_app.py says which environment variables
-point it at your issuer and API.)
+with SWR_TOKEN_TOKEN_URL, SWR_TOKEN_CLIENT_ID, SWR_TOKEN_CLIENT_SECRET and UPSTREAM_URL set
+to your issuer and API (see flask_app.py; -b HOST:PORT overrides the bind below). gunicorn is
+not a dependency of swr_token; tests/test_examples.py runs exactly this command.
 
 One TokenClient per worker process, shared by all of that worker's threads. Processes share
 nothing: each worker caches and refreshes its own tokens, so N workers ask the issuer N times

@@ -184,6 +184,51 @@ def test_cron_job_statuses(issuer: LocalIssuer, upstream: str,
     assert err.count("\n") == 1 and "401" in err and "nope" not in err
 
 
+def _cron_case(case: str, issuer: LocalIssuer, upstream: str) -> dict[str, str]:
+    settings = oauth_settings(issuer, upstream, TOKEN_TIMEOUT="2")
+    dead = f"http://127.0.0.1:{free_port()}"
+    changes: dict[str, dict[str, str | None]] = {
+        "missing client id": {"SWR_TOKEN_CLIENT_ID": None},
+        "missing API URL": {"UPSTREAM_URL": None},
+        "plain http issuer": {"SWR_TOKEN_TOKEN_URL": "http://auth.example.com/token"},
+        "issuer unreachable": {"SWR_TOKEN_TOKEN_URL": dead + "/oauth/token"},
+        "issuer refuses": {"SWR_TOKEN_CLIENT_SECRET": "nope"},
+        "API unreachable": {"UPSTREAM_URL": dead},
+        "API 404": {"UPSTREAM_URL": issuer.url},  # the issuer has no /orders
+    }
+    for name, value in changes[case].items():
+        if value is None:
+            settings.pop(name)
+        else:
+            settings[name] = value
+    return settings
+
+
+@pytest.mark.parametrize(("case", "status", "words"), [
+    ("missing client id", 2, "set SWR_TOKEN_CLIENT_ID"),
+    ("missing API URL", 2, "set UPSTREAM_URL"),
+    ("plain http issuer", 2, "use https://"),
+    ("issuer unreachable", 4, "Connection refused"),
+    ("issuer refuses", 3, "HTTP 401"),
+    ("API unreachable", 4, "the API at http://127.0.0.1:"),
+    ("API 404", 5, "answered HTTP 404; check UPSTREAM_URL"),
+])
+def test_cron_job_keeps_its_exit_status_promise_with_one_line_on_stderr(
+        issuer: LocalIssuer, upstream: str, case: str, status: int, words: str) -> None:
+    """Run as cron runs it (a process with no logging set up): one line, never a traceback,
+    and no second report of the same failure from swr_token's logger."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWR_TOKEN_", "UPSTREAM_"))}
+    settings = _cron_case(case, issuer, upstream)
+    done = subprocess.run([sys.executable, str(EXAMPLES / "cron_job.py")], capture_output=True,
+                          text=True, timeout=TIMEOUT * 2, env={**env, **settings})
+    assert done.returncode == status, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cron_job: "), done.stderr
+    assert words in lines[0]
+    assert "nope" not in done.stderr and issuer.client_secret not in done.stderr
+
+
 def test_cron_job_exits_promptly_with_a_request_hung(issuer: LocalIssuer, upstream: str) -> None:
     issuer.hang()  # the issuer accepts the request and never answers
     started = time.monotonic()
@@ -204,6 +249,41 @@ def test_gunicorn_conf_parses_and_says_how_to_fork() -> None:
     assert conf["bind"].startswith("127.0.0.1:") and conf["preload_app"] is False
     text = (EXAMPLES / "gunicorn.conf.py").read_text()
     assert "fork-safe" in text and "post_fork" in text and "lazily" in text
+
+
+def test_gunicorn_runs_the_flask_app_as_documented(issuer: LocalIssuer, upstream: str) -> None:
+    """``cd examples && gunicorn -c gunicorn.conf.py 'flask_app:create_app()'``, for real:
+    each of the two workers fetches its token at boot (post_worker_init), then serves."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWR_TOKEN_", "UPSTREAM_"))}
+    before = issuer.request_count("oauth")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
+         "flask_app:create_app()"], cwd=EXAMPLES, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env={**env, **oauth_settings(issuer, upstream)})
+    try:
+        deadline = time.monotonic() + TIMEOUT * 2
+        while issuer.request_count("oauth") < before + 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "gunicorn exited while booting"
+            time.sleep(0.05)
+        assert issuer.request_count("oauth") == before + 2  # one warm-up per worker
+        reply = None
+        while reply is None and time.monotonic() < deadline:
+            try:
+                reply = requests.get(f"http://127.0.0.1:{port}/orders", timeout=TIMEOUT)
+            except requests.ConnectionError:
+                time.sleep(0.05)  # a worker is up, the socket not yet accepting
+        assert reply is not None and reply.status_code == 200, reply
+        assert reply.json()["orders"]
+        assert issuer.request_count("oauth") == before + 2  # the request used a warm token
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert "Traceback" not in err and "warm-up failed" not in err, err
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
