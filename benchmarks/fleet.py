@@ -1,4 +1,4 @@
-"""Issuer requests for N processes sharing one key, with and without the Redis store.
+"""Issuer requests for N processes sharing one key: no store, FileStore, RedisStore.
 
 Run: ``python -m benchmarks.fleet [--processes 8] [--seconds 15]`` (needs ``redis-server``).
 Each process runs 8 reader threads on one key; tokens live 6 s and are refreshed 3 s before
@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import timeit
@@ -27,8 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _worker(api_url: str, redis_url: str, seconds: float) -> None:
-    store = swr_token.RedisStore(redis_url, prefix="fleet-bench:", lease=1.0, wait=1.0) \
-        if redis_url != "-" else None
+    store: swr_token.TokenStore | None = None
+    if redis_url.startswith("file:"):  # one host's processes through a cache directory
+        store = swr_token.FileStore(redis_url[len("file:"):])
+    elif redis_url != "-":
+        store = swr_token.RedisStore(redis_url, prefix="fleet-bench:", lease=1.0, wait=1.0)
     client = swr_token.TokenClient(swr_token.ClerkBackendSource(api_url=api_url),
                                    poll_interval=0.5, background_refresh_threshold=3.0,
                                    margin=1.0, store=store)
@@ -121,6 +125,8 @@ def main() -> None:
     server, url = _redis()
     try:
         alone, alone_calls = _fleet(args.processes, args.seconds, "-")
+        with tempfile.TemporaryDirectory() as cache:
+            filed, filed_calls = _fleet(args.processes, args.seconds, f"file:{cache}")
         shared, shared_calls = _fleet(args.processes, args.seconds, url)
         memory_ns, redis_ns = _hot(url)
     finally:
@@ -129,6 +135,7 @@ def main() -> None:
           f"before expiry, 200 ms issuer latency, {args.seconds:g} s")
     print(f"{'store':18} {'issuer requests':>16} {'calls served':>13}")
     print(f"{'none (per process)':18} {alone:>16} {alone_calls:>13,}")
+    print(f"{'FileStore':18} {filed:>16} {filed_calls:>13,}")
     print(f"{'RedisStore':18} {shared:>16} {shared_calls:>13,}")
     print(f"requests ratio: {alone / max(shared, 1):.1f}x fewer with the store")
     print(f"hot path, fresh token: in-memory {memory_ns:.0f} ns, with RedisStore {redis_ns:.0f} ns"
