@@ -118,7 +118,7 @@ class Flight:
     """One upstream fetch for a key, possibly several attempts; waiters share its future."""
 
     __slots__ = ("attempt", "background", "budget_until", "entry", "future", "key",
-                 "last_error", "own", "request", "seq", "started_at", "stop_at")
+                 "last_error", "own", "queued", "request", "seq", "started_at", "stop_at")
 
     def __init__(self, entry: Entry, *, seq: int, background: bool, own: bool, now: float,
                  stop_at: float | None) -> None:
@@ -139,6 +139,9 @@ class Flight:
         #: A fetch callers wait on gives up here: ``fetch_timeout`` after it started, or
         #: later when a caller with a longer ``timeout=`` waits for it (set by the refresher).
         self.budget_until = float("inf")
+        #: An attempt submitted to the background pool that no worker has begun (its
+        #: number; 0 if none). A caller joining takes it over and runs it at once.
+        self.queued = 0
 
     def join(self, now: float, fetch_timeout: float) -> None:
         """A waiting caller joined: from now on the fetch has the caller's budget."""

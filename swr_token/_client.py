@@ -314,9 +314,10 @@ class TokenClient:
             running = entry.flight
             error = None
             start = running is None
+            promote = False
             if running is not None:
                 flight = running
-                self._refresher.join(flight)
+                promote = self._refresher.join(flight)
             elif entry.fail_error is not None and now < entry.fail_until:
                 error = entry.fail_error
             else:
@@ -329,6 +330,8 @@ class TokenClient:
             raise caller_copy(error)
         if start:
             self._refresher.dispatch(flight)
+        elif promote:
+            self._refresher.run_now(flight)  # it was queued behind other keys' refreshes
         return self._wait(flight, timeout)
 
     def _wait(self, flight: Flight, timeout: float | None) -> Token:

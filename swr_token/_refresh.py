@@ -107,6 +107,7 @@ class Refresher:
         self.parking = Parking(self)
         self.closed = False
         self._seq = itertools.count(1)
+        self._tickets = itertools.count(1)
         #: A source bug's traceback was logged; cleared when the source next succeeds.
         self._bug_logged = False
 
@@ -153,9 +154,15 @@ class Refresher:
             else:
                 self._fail(flight, error, now)
             return
+        self._run(flight, background=refreshing)
+
+    def _run(self, flight: Flight, *, background: bool) -> None:
+        """Start the flight's next attempt on the pool, or on a thread of its own."""
         try:
-            if refreshing:
-                self.executor.submit(self._attempt, flight)
+            if background:
+                with self.cache.lock:
+                    flight.queued = ticket = next(self._tickets)
+                self.executor.submit(self._attempt, flight, ticket)
             elif self.foreground_executor is not None:
                 self.foreground_executor.submit(self._attempt, flight)
             else:
@@ -164,7 +171,7 @@ class Refresher:
                     name=f"swr-token-fetch-{next(self._thread_ids)}",
                 ).start()
         except RuntimeError as exc:  # executor shut down, or no thread could start
-            error = ClientClosedError("the client is closed; create a new TokenClient")
+            error: TokenError = ClientClosedError("the client is closed; create a new TokenClient")
             if not self.closed:
                 error = TokenFetchError(f"could not start a fetch ({exc}); try again")
             self._fail(flight, error, self.clock.deadline())
@@ -174,7 +181,12 @@ class Refresher:
 
     # -- one attempt --------------------------------------------------------------------
 
-    def _attempt(self, flight: Flight) -> None:
+    def _attempt(self, flight: Flight, ticket: int = 0) -> None:
+        if ticket:
+            with self.cache.lock:
+                if flight.queued != ticket:
+                    return  # a waiting caller took this attempt over (see join)
+                flight.queued = 0
         if flight.future.done() or self.closed:
             self._retire(flight)
             return
@@ -440,12 +452,26 @@ class Refresher:
         entry.backoff_until = now + jittered_backoff(entry.streak)
         entry.backoff_epoch = self.pacer.recoveries
 
-    def join(self, flight: Flight) -> None:
-        """A caller now waits on ``flight``: lift a refresh's critical-deadline stop and give
-        it the caller's budget (and its watchdog)."""
+    def join(self, flight: Flight) -> bool:
+        """A caller now waits on ``flight`` (``cache.lock`` held): lift a refresh's
+        critical-deadline stop and give it the caller's budget (and its watchdog).
+
+        Returns True if the refresh was still queued behind background work: the caller
+        then takes it over and must :meth:`run_now` it after releasing the lock, so a
+        waiting caller never queues behind other keys' refreshes.
+        """
         if flight.background and flight.stop_at is not None:
             flight.join(self.clock.deadline(), self.fetch_timeout)
             self.timer.call_at(flight.budget_until, lambda: self._time_out(flight))
+        if flight.queued:
+            flight.queued = 0  # the worker that picks the submitted attempt up skips it
+            return True
+        return False
+
+    def run_now(self, flight: Flight) -> None:
+        """Run a refresh taken over from the pool's queue on a thread of its own (its pacer
+        slot was granted when it was queued)."""
+        self._run(flight, background=False)
 
     def wait_budget(self, flight: Flight, timeout: float | None) -> None:
         """A caller waits up to ``timeout`` s for ``flight`` (with ``cache.lock`` held): a
