@@ -233,13 +233,19 @@ def _build_parser(prog: str) -> _Parser:
         "inspect", help="decode a token read from stdin: claims and remaining life",
         description="Reads a token from stdin (not an argument: arguments show in ps) and "
         "prints its header, claims and remaining life by this machine's clock. The signature "
-        "is NOT verified: do not trust what it shows. Accepts a bare JWT, 'Bearer <jwt>' or "
-        "the output of 'swr-token get --json'. Never prints the token itself.",
-        epilog=f"example:  swr-token get --session sess_123 | swr-token inspect\n\n"
+        "is NOT verified: do not trust what it shows. Accepts a bare JWT, 'Bearer <jwt>', a "
+        "pasted 'Authorization: Bearer <jwt>' line or the output of 'swr-token get --json'. "
+        "Never prints the token itself.",
+        epilog="examples:\n  swr-token get --session sess_123 | swr-token inspect\n"
+        "  printf '%s\\n' \"$TOKEN\" | swr-token inspect\n"
+        "  swr-token inspect -        (then paste the token or header line, Enter, Ctrl-D)\n\n"
+        f"{_EXIT_CODES}"
         f"{_EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+    inspect.add_argument("input", nargs="?", metavar="-",
+                         help="'-' or nothing: read the token from stdin (never an argument)")
 
     cache = commands.add_parser(
         "cache", help="list or clear the tokens 'get' keeps between runs",
@@ -736,6 +742,13 @@ def _reject_unknown(parser: _Parser, extra: Sequence[str]) -> NoReturn:
     parser.error(f"{len(extra)} unexpected argument(s) (not shown); flags take one value each")
 
 
+_INSPECT_FROM_STDIN = (
+    "inspect reads the token from stdin, not from an argument (arguments show in ps and "
+    "shell history; yours is not shown): printf '%s\\n' \"$TOKEN\" | swr-token inspect, or "
+    "run 'swr-token inspect -' and paste it (a header line 'Authorization: Bearer ...' "
+    "works too), then Enter and Ctrl-D")
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str = "swr-token") -> int:
     """Run the command line; returns the exit status."""
     parser = _build_parser(prog)
@@ -744,6 +757,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "swr-token") -> int:
         try:
             args, extra = parser.parse_known_args(argv)
             args.given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+            if args.command == "inspect" and (
+                    args.input not in (None, "-") or any(not a.startswith("-") for a in extra)):
+                # Most likely `swr-token inspect "$TOKEN"`: never echo it, say how instead.
+                _say(sys.stderr, f"{prog} inspect", _INSPECT_FROM_STDIN)
+                return EXIT_USAGE
             if extra:
                 _reject_unknown(parser.commands.get(args.command, parser), extra)
         except SystemExit as exc:  # --help, --version, a usage error: already reported

@@ -126,6 +126,15 @@ class TokenClient:
                 f"source must be callable as source(request) -> str | Token, got "
                 f"{type(source).__name__}"
             )
+        for name, hook, signature in (
+                ("on_token_update", on_token_update, "on_token_update(request, token)"),
+                ("on_refresh_error", on_refresh_error, "on_refresh_error(request, error)"),
+                ("verifier", verifier, "verifier(token)")):
+            if hook is not None and not callable(hook):
+                # Now, not at the first refresh, where it would only be logged.
+                raise ConfigurationError(
+                    f"{name} must be a function called as {signature}, or None; got "
+                    f"{type(hook).__name__}")
         self._poll_interval = _seconds("poll_interval", poll_interval, allow_zero=False)
         threshold = _seconds("background_refresh_threshold", background_refresh_threshold)
         margin_s = self._poll_interval if margin is None else _seconds("margin", margin)

@@ -35,7 +35,8 @@ def _number(value: object) -> float | None:
 
 
 def _read_token(text: str) -> str:
-    """A bare JWT, ``Bearer <jwt>``, or the JSON that ``swr-token get --json`` prints."""
+    """A bare JWT, ``Bearer <jwt>``, an ``Authorization: Bearer <jwt>`` line, or the JSON
+    that ``swr-token get --json`` prints."""
     text = text.strip()
     if text.startswith("{"):
         try:
@@ -47,6 +48,8 @@ def _read_token(text: str) -> str:
             raise _Refused("the JSON on stdin has no 'token' string; pipe in the output of "
                            "'swr-token get --json' or a bare JWT", 5)
         text = token.strip()
+    if text[:14].lower() == "authorization:":  # a header line pasted whole
+        text = text[14:].strip()
     if text[:7].lower() == "bearer ":
         text = text[7:].strip()
     if not text:

@@ -202,9 +202,16 @@ class Token:
         self._clock: Callable[[], float] | None = None
         self._deadline = 0.0
         self._lifetime = 0.0
-        self._expires_at = 0.0
+        exp = _numeric_claim(self._claims, "exp")
         if expires_in is None:
-            self._expires_at = _numeric_claim(self._claims, "exp") or 0.0
+            self._expires_at = exp or 0.0
+        else:
+            # Until a client receives it, an expires_in counts from now (the source makes
+            # the Token as the answer arrives); receipt measures it on the client's clocks.
+            import time
+
+            by_answer = time.time() + float(expires_in)
+            self._expires_at = by_answer if exp is None else min(exp, by_answer)
 
     # -- public, read-only --------------------------------------------------------------
 
@@ -239,7 +246,11 @@ class Token:
         return fingerprint(self._raw)
 
     def remaining(self) -> float:
-        """Seconds this token still lives, on the receiving client's deadline clock."""
+        """Seconds this token still lives, on the receiving client's deadline clock.
+
+        Before a client has received it, by the wall clock: until ``exp``, or ``expires_in``
+        from when the Token was made.
+        """
         if self._clock is None:
             import time
 

@@ -492,6 +492,20 @@ def test_redirect_after_a_retry_carries_the_fresh_token(
         ("/moved", bearer(old)), ("/moved", bearer(new)), ("/here", bearer(new))]
 
 
+def test_where_the_401_is_kept_when_the_retry_is_redirected(
+        session: requests.Session, client: TokenClient, api: Api) -> None:
+    """As the README says: requests rebuilds the history from the redirect hops, so after a
+    redirected retry it holds the redirect, and the 401 is not kept."""
+    old = client.get_token("sess_1")
+    api.revoked.add(old)
+    api.redirects["/moved"] = f"{api.url}/here"
+    response = session.get(f"{api.url}/moved", timeout=T)
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [302]
+    assert [r.status_code for r in response.history[0].history] == []
+    assert api.seen[0].authorization == bearer(old)  # the 401 did happen
+
+
 def test_same_host_scheme_change_drops_the_token(client: TokenClient) -> None:
     """requests keeps Authorization on an http -> https redirect to the same host (default
     ports); the hook drops it, since that is another origin. No socket: requests builds the

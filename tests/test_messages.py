@@ -198,3 +198,66 @@ def test_log_lines_do_not_repeat_the_logger_name(caplog: pytest.LogCaptureFixtur
     seen = messages()
     assert any("at least the token lifetime" in m for m in seen), seen
     assert not [m for m in seen if m.lower().startswith("swr_token")], seen
+
+
+# -- inspect --------------------------------------------------------------------------------
+
+
+def _jwt() -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"exp": int(time.time()) + 60, "sub": "user_1"}, "k" * 32)
+
+
+@pytest.mark.parametrize("argv", [["TOKEN"], ["Bearer", "TOKEN"], ["--json", "TOKEN"]])
+def test_inspect_with_the_token_as_an_argument_says_to_pipe_it(
+        run: Any, argv: list[str]) -> None:  # noqa: F811 - the fixture
+    token = _jwt()
+    result = run("inspect", *[token if a == "TOKEN" else a for a in argv])
+    message = one_line_error(result, 2)
+    assert "reads the token from stdin" in message and "| swr-token inspect" in message
+    assert "swr-token inspect -" in message
+    assert token not in message and token.split(".")[1] not in message
+
+
+@pytest.mark.parametrize("pasted", [
+    "{token}", "Bearer {token}", "Authorization: Bearer {token}",
+    "authorization:   bearer {token}\n",
+])
+@pytest.mark.parametrize("dash", [[], ["-"]])
+def test_inspect_reads_stdin_with_or_without_dash_and_takes_a_header_line(
+        run: Any, pasted: str, dash: list[str]) -> None:  # noqa: F811 - the fixture
+    token = _jwt()
+    result = run("inspect", "--json", *dash, stdin=pasted.format(token=token))
+    assert result.returncode == 0, result.stderr
+    import json
+
+    document = json.loads(result.stdout)
+    assert document["claims"]["sub"] == "user_1" and document["verified"] is False
+    assert token not in result.stdout
+
+
+# -- odds and ends --------------------------------------------------------------------------
+
+
+def test_an_opaque_token_before_receipt_counts_from_when_it_was_made() -> None:
+    import time
+
+    from swr_token import Token
+
+    made = time.time()
+    token = Token("opaque-access-token", expires_in=60)
+    assert 59.0 <= token.remaining() <= 60.0
+    assert made + 59.0 <= token.expires_at <= time.time() + 60.0
+    assert "expires_at=0>" not in repr(token)
+    assert "opaque-access-token" not in repr(token)
+
+
+@pytest.mark.parametrize("option", ["on_token_update", "on_refresh_error", "verifier"])
+def test_a_hook_that_is_not_callable_is_refused_at_construction(option: str) -> None:
+    from swr_token import ConfigurationError, TokenClient
+
+    with pytest.raises(ConfigurationError, match=f"{option} must be a function"):
+        TokenClient(lambda request: "x", **{option: "print"})
