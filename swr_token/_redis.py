@@ -61,6 +61,20 @@ return 0
 """
 # Compare-and-delete of a token entry: a newer entry written meanwhile survives.
 _DELETE = _UNLOCK
+# Take the lock and read the entry in one round trip (the entry as it stood when locked).
+_LOCK = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('get', KEYS[2]) or ''}
+end
+return {0, ''}
+"""
+# The lock owner's put: write the entry and release the lock in one round trip, so waiters
+# see the new entry and a free lock together.
+_PUT_RELEASE = """
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end
+return 1
+"""
 # One poll of a wait: the entry and whether its refresh lock is still held.
 _PEEK = """
 return {redis.call('get', KEYS[1]), redis.call('exists', KEYS[2])}
@@ -171,6 +185,8 @@ class RedisStore:
         self._renew = client.register_script(_RENEW)
         self._delete = client.register_script(_DELETE)
         self._peek = client.register_script(_PEEK)
+        self._lock_read = client.register_script(_LOCK)
+        self._put_release = client.register_script(_PUT_RELEASE)
         self._entries = _Streak()
         self._notices = _Streak()
         self._scopes: OrderedDict[str, str] = OrderedDict()  # scope hash -> scope
@@ -179,6 +195,8 @@ class RedisStore:
     def _init_threads(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}  # lock key -> owner id
+        # What the lock script read, for this thread's next get of that entry (one use).
+        self._locked_read = threading.local()
         self._stop = threading.Event()
         self._callbacks: list[Callable[[str, Key, str], None]] = []
         self._subscriber: threading.Thread | None = None
@@ -270,17 +288,28 @@ class RedisStore:
 
     def get(self, scope: str, key: Key) -> StoredToken | None:
         scope_hash, name, _ = self._names(scope, key)
-        return self._entry(scope_hash, key, name, self._redis.get(name))
+        read = getattr(self._locked_read, "value", None)
+        self._locked_read.value = None
+        # Right after try_lock, the entry as read atomically with the lock: no second GET.
+        fresh = read is not None and read[0] == name
+        value = read[1] if fresh and read is not None else self._redis.get(name)
+        return self._entry(scope_hash, key, name, value)
 
     def put(self, scope: str, key: Key, token: StoredToken) -> None:
-        scope_hash, name, _ = self._names(scope, key)
+        scope_hash, name, lock = self._names(scope, key)
         ttl = min(token.expires_at - self._wall(), MAX_SHARED_LIFETIME)
         if not ttl > 0:
             return
         value = self._seal("entry", name, {"s": scope_hash, "k": _key_list(key),
                                            "r": token.raw, "e": token.expires_at,
                                            "i": token.issued_at})
-        self._redis.set(name, value, px=max(1, int(ttl * 1000)))
+        with self._lock:
+            owner = self._held.pop(lock, None)
+        ms = max(1, int(ttl * 1000))
+        if owner is None:
+            self._redis.set(name, value, px=ms)
+        else:  # this process's refresh: write and release together (unlock then is free)
+            self._put_release(keys=[name, lock], args=[value, ms, owner])
 
     def delete(self, scope: str, key: Key, raw: str) -> None:
         """Compare-and-delete (the exact stored value, so a newer entry survives), then tell
@@ -297,20 +326,24 @@ class RedisStore:
     # -- fleet-wide refresh lock --------------------------------------------------------------
 
     def try_lock(self, scope: str, key: Key) -> object | None:
-        _, _, name = self._names(scope, key)
+        _, entry, name = self._names(scope, key)
         owner = secrets.token_hex(16)
-        if not self._redis.set(name, owner, nx=True, px=self._lease_ms):
+        answer = self._lock_read(keys=[name, entry], args=[owner, self._lease_ms])
+        if not (isinstance(answer, list | tuple) and len(answer) == 2 and answer[0] == 1):
             return None
         with self._lock:
             self._held[name] = owner
             self._start_renewer()
+        self._locked_read.value = (entry, answer[1] or None)
         return (name, owner)
 
     def unlock(self, scope: str, key: Key, handle: object) -> None:
         name, owner = cast("tuple[str, str]", handle)
+        self._locked_read.value = None
         with self._lock:
-            self._held.pop(name, None)
-        self._unlock(keys=[name], args=[owner])
+            held = self._held.pop(name, None)
+        if held is not None:  # else released already, with this process's put
+            self._unlock(keys=[name], args=[owner])
 
     def _start_renewer(self) -> None:
         if self._renewer is None or not self._renewer.is_alive():

@@ -327,8 +327,12 @@ class Refresher:
         if refreshing and remaining < threshold:
             return None
         current = entry.resolved
-        if current is None or (flight is not None and current.raw == token.raw):
-            return token, issued  # for a flight: already here meanwhile
+        if current is None:
+            return token, issued
+        if current.raw == token.raw:
+            # Already here (adopted meanwhile): a flight takes it only if it is fresh; the
+            # stale copy it was started for is no answer (and no "no progress" of the issuer).
+            return (token, issued) if flight is not None and remaining >= threshold else None
         return (token, issued) if issued > current.order[0] else None
 
     def _receive(self, result: object) -> Token:

@@ -189,6 +189,7 @@ class SharedStore:
                 first = self._degraded is None or (new == "all" and self._degraded != "all")
                 self._degraded = new
                 self._degraded_until = now + self._retry_after
+            _log.debug("swr_token: shared store call %s failed", what, exc_info=True)
             if first:
                 state = "refuses writes" if new == "writes" else "unavailable"
                 _log.warning(

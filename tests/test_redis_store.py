@@ -122,7 +122,11 @@ def test_wait_returns_when_the_owner_puts_and_is_bounded(redis_server: RedisServ
     started = time.monotonic()
     assert waiter.wait(SCOPE, KEY, timeout=3) == fresh
     assert time.monotonic() - started < 1.5
-    started = time.monotonic()  # nobody puts again: bounded by the timeout
+    assert _names(redis_server, prefix, "lock") == []  # the owner's put released the lock
+    owner.unlock(SCOPE, KEY, handle)  # so this sends nothing (and must not fail)
+    handle = owner.try_lock(SCOPE, KEY)
+    assert handle is not None
+    started = time.monotonic()  # locked, and nobody puts: bounded by the timeout
     assert waiter.wait(SCOPE, KEY, timeout=0.3) == fresh
     assert 0.25 <= time.monotonic() - started < 1.5
     owner.unlock(SCOPE, KEY, handle)
@@ -253,3 +257,16 @@ def test_fork_gives_the_child_its_own_redis_connections(redis_server: RedisServe
                             timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "child 0" in result.stdout, result.stdout + result.stderr
     assert "parent True" in result.stdout
+
+
+def test_refresh_if_stale_with_a_store_fetches_rather_than_rereading_the_same_token(
+        redis_server: RedisServer, prefix: str, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    source = FakeSource(clock)
+    with caplog.at_level(logging.WARNING, logger="swr_token"), TokenClient(
+            source, clock=clock, store=_store(redis_server, prefix, clock)) as client:
+        first = client.get_token("sess")
+        clock.advance(60 - 15 + 1)  # stale; the store still holds this very token
+        fresh = client.get_token("sess", refresh_if_stale=True)
+        assert fresh != first and source.count == 2
+    assert not any("no progress" in r.message for r in caplog.records)
