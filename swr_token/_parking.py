@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._cache import Entry, Flight
+from ._errors import TokenError, TokenFetchError
 from ._retry import jittered_backoff
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ class Parking:
         self.parked: dict[Entry, None] = {}
         #: Fetches callers wait on, queued for the pacer's next slot.
         self.slot_waiters: set[Flight] = set()
+        #: Keys failing fast after a transient failure: a recovery ends their window.
+        self.failing: dict[Entry, None] = {}
         self._probe_due = False
 
     def park(self, entry: Entry) -> None:
@@ -73,6 +76,20 @@ class Parking:
             self.slot_waiters.add(flight)
         r.timer.call_at(slot, lambda: self.slot_due(flight))
 
+    def failing_fast(self, entry: Entry) -> None:
+        self.failing[entry] = None
+
+    def fail_slot_waiters(self, error: TokenError, now: float) -> None:
+        """A paced attempt failed: every fetch queued for a slot gets that failure now
+        (called without the lock)."""
+        r = self._refresher
+        with r.cache.lock:
+            waiting = list(self.slot_waiters)
+            self.slot_waiters.clear()
+        for flight in waiting:
+            flight.last_error = flight.last_error or error
+            r.fail(flight, error, now)
+
     def slot_due(self, flight: Flight) -> None:
         r = self._refresher
         with r.cache.lock:
@@ -83,7 +100,8 @@ class Parking:
 
     def release(self) -> None:
         """The source recovered: every parked key may refresh now (reads and the poller),
-        and fetches that callers wait on go now rather than at their pacer slot."""
+        fetches that callers wait on go now rather than at their pacer slot, and keys
+        failing fast after a transient failure start a fetch on their next call."""
         r = self._refresher
         now = r.clock.deadline()
         with r.cache.lock:
@@ -91,6 +109,11 @@ class Parking:
                 if entry.resolved is not None:
                     r.cache.push_due(now, 0, entry, entry.resolved)
             self.parked.clear()
+            for entry in self.failing:
+                if isinstance(entry.fail_error, TokenFetchError):
+                    entry.fail_error = None
+                    entry.fail_until = float("-inf")
+            self.failing.clear()
             waiting = list(self.slot_waiters)
             self.slot_waiters.clear()
         for flight in waiting:
@@ -99,4 +122,5 @@ class Parking:
     def reset_after_fork(self) -> None:
         self.parked = {}
         self.slot_waiters = set()
+        self.failing = {}
         self._probe_due = False

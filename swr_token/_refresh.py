@@ -217,6 +217,10 @@ class Refresher:
             if self.pacer.streak == 0:
                 _log.warning("token source failing: %s", error)
             self.pacer.failed(now, error)
+            if self.pacer.paced():
+                # Fetches queued for a pacer slot would only hear the same answer, one key
+                # per slot: they get it now, so no caller waits more than about one slot.
+                self.parking.fail_slot_waiters(error, now)
         elif isinstance(error, TokenRejectedError) and self.pacer.answered():
             self.parking.release()
         flight.last_error = error
@@ -391,6 +395,10 @@ class Refresher:
         if published is not None and self.on_token_update is not None:
             _call_hook(self.on_token_update, flight.request, published.token)
 
+    def fail(self, flight: Flight, error: Exception, now: float) -> None:
+        """Settle ``flight`` with ``error`` (call without the lock)."""
+        self._fail(flight, error, now)
+
     def _fail(self, flight: Flight, error: Exception, now: float) -> None:
         if flight.future.done():
             self._retire(flight)  # already settled (closed, or timed out while hung)
@@ -427,6 +435,8 @@ class Refresher:
         self._back_off(entry, now)
         entry.fail_error = error
         entry.fail_until = max(now + random.uniform(1.0, 1.3), self.pacer.next_slot)
+        if isinstance(error, TokenFetchError):
+            self.parking.failing_fast(entry)  # ended early if the source recovers
         # A rejection fails closed: the issuer said no, so stop serving the token it refuses.
         dropped = None
         if isinstance(error, TokenRejectedError):
