@@ -344,8 +344,8 @@ class LocalIssuer:
             return (*refused, "client_assertion has expired")
         if isinstance(iat, int | float) and iat > now + 5:
             return (*refused, "client_assertion iat is in the future")
-        if exp > now + 600:
-            return (*refused, "client_assertion lives too long (exp more than 10 min ahead)")
+        if exp > now + 3600:  # Okta's bound; authlib signs for an hour by default
+            return (*refused, "client_assertion lives too long (exp more than 1 h ahead)")
         if not isinstance(jti, str) or not jti:
             return (*refused, "client_assertion needs a jti")
         with self._lock:
