@@ -489,9 +489,14 @@ def _oauth2_hint(status: int, code: str | None) -> str:
     return generic_hint(status, code)
 
 
+#: Codes whose hint does not depend on how the client authenticated.
+_GRANT_CODES = frozenset({"unauthorized_client", "unsupported_grant_type", "invalid_scope",
+                          "invalid_target"})
+
+
 def _assertion_hint(status: int, code: str | None) -> str:
     """Hints for ``private_key_jwt``: the credential is a key the server must know."""
-    if code == "invalid_client" or (status in (401, 403) and code is None):
+    if code == "invalid_client" or (status in (401, 403) and code not in _GRANT_CODES):
         return ("check client_id, the private key and key_id: the server must have the public "
                 "key registered for this client (with that kid), accept the signing_algorithm, "
                 "and take the token endpoint (or assertion_audience) as the assertion's "
@@ -500,7 +505,7 @@ def _assertion_hint(status: int, code: str | None) -> str:
 
 
 def _secret_jwt_hint(status: int, code: str | None) -> str:
-    if code == "invalid_client" or (status in (401, 403) and code is None):
+    if code == "invalid_client" or (status in (401, 403) and code not in _GRANT_CODES):
         return ("check client_id and client_secret, that the client is registered for "
                 "client_secret_jwt, and that the server takes the token endpoint (or "
                 "assertion_audience) as the assertion's audience")
