@@ -202,7 +202,8 @@ class Refresher:
         except Exception as exc:
             error = TokenFetchError(
                 f"the token source raised {type(exc).__name__} for "
-                f"{flight.request.describe()} (see __cause__); it will be retried"
+                f"{flight.request.describe()} (see __cause__); taken as transient: retried while "
+                "the fetch's attempts last"
             )
             error.__cause__ = exc
         else:

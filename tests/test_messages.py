@@ -261,3 +261,17 @@ def test_a_hook_that_is_not_callable_is_refused_at_construction(option: str) -> 
 
     with pytest.raises(ConfigurationError, match=f"{option} must be a function"):
         TokenClient(lambda request: "x", **{option: "print"})
+
+
+def test_a_failure_raised_after_giving_up_promises_no_retry() -> None:
+    """The wrapped error of a failing source reaches callers once the fetch gave up."""
+    from swr_token import TokenClient
+
+    def flaky(request: TokenRequest) -> str:
+        raise RuntimeError("backend down")
+
+    with TokenClient(flaky, fetch_timeout=0.5) as client, \
+            pytest.raises(TokenFetchError) as caught:
+        client.get_token("sess_1", timeout=5)
+    message = str(caught.value)
+    assert "RuntimeError" in message and "will be retried" not in message, message

@@ -85,3 +85,16 @@ def test_users_mypy_strict_sees_the_installed_packages_types(tmp_path: Path) -> 
         result.stdout
     # ... and a correct user script passes --strict.
     assert not [line for line in lines if line.startswith("good.py")]
+
+
+def test_every_test_run_names_its_slowest_tests_and_the_readme_says_how_long() -> None:
+    """The README's test command and CI's are the same, so the option lives in setup.cfg."""
+    import configparser
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert "--durations=10" in config["tool:pytest"]["addopts"].split()
+    readme = (ROOT / "README.rst").read_text()
+    setup = readme.split("Set up\n------", 1)[1].split("The demo\n--------", 1)[0]
+    assert re.search(r"suite takes about \w+ minutes?", setup)
