@@ -206,6 +206,8 @@ class Cache:
         self._jitter = jitter or (lambda span: random.uniform(0.0, span))
         # Lifetimes already warned about: each adjustment is logged once, not per token.
         self._warned: cachetools.LRUCache[tuple[str, float], bool] = cachetools.LRUCache(256)
+        # Keys whose token arrived critical, logged once each.
+        self._critical_logged: cachetools.LRUCache[Key, bool] = cachetools.LRUCache(256)
 
     # -- thresholds ---------------------------------------------------------------------
 
@@ -286,7 +288,18 @@ class Cache:
             # Already here (adopted from another process meanwhile): progress if it is
             # fresh; an issuer re-serving a stale token is the no-progress case.
             return PublishResult(None, progress=not stale_on_arrival)
-        if remaining <= margin or order <= entry.newest:
+        if remaining <= margin:
+            # Handed to the callers that waited for it (they asked for a token now), never
+            # cached: a token in the critical zone is never served from the cache.
+            if entry.key not in self._critical_logged:
+                self._critical_logged[entry.key] = True
+                _log.warning(
+                    "swr_token: a token for %s arrived with only %.1f s left, inside the "
+                    "%.1f s margin: given to the callers waiting for it, not cached; check the "
+                    "issuer's token lifetime and clock", TokenRequest(*entry.key).describe(),
+                    remaining, margin)
+            return PublishResult(None, progress=not stale_on_arrival)
+        if order <= entry.newest:
             return PublishResult(None, progress=not stale_on_arrival)
         if entry.dropped is not None and entry.dropped == fingerprint(token.raw):
             return PublishResult(None, progress=False)

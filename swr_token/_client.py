@@ -32,7 +32,15 @@ from ._request import TokenRequest
 from ._retry import RetryPolicy, SourcePacer
 from ._store import SharedStore, TokenStore, source_identity
 from ._timer import Timer
-from ._token import Freshness, Token, classify, effective_threshold, fingerprint
+from ._token import (
+    DEFAULT_MAX_CLOCK_SKEW,
+    DEFAULT_MAX_LIFETIME,
+    Freshness,
+    Token,
+    classify,
+    effective_threshold,
+    fingerprint,
+)
 
 __all__ = ["GetTokenOptions", "TokenClient"]
 
@@ -101,6 +109,10 @@ class TokenClient:
       ``swr_token.JWKSVerifier``); raises :class:`InvalidTokenError` to refuse it.
     - ``store``: share tokens, refresh locks and announcements between processes (for
       example ``swr_token.RedisStore``); never touched on the fresh-token path.
+    - ``max_lifetime`` (86,400 s): no token is kept longer, whatever the issuer says.
+    - ``max_clock_skew`` (300 s): an issuer ``Date`` further from the local clock is not
+      trusted; a token expired by the local clock by more is never served; an ``iat`` further
+      in the future does not order tokens.
     """
 
     def __init__(
@@ -120,6 +132,8 @@ class TokenClient:
         on_refresh_error: ErrorHook | None = None,
         verifier: Callable[[Token], None] | None = None,
         store: TokenStore | None = None,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         if not callable(source):
             raise ConfigurationError(
@@ -139,6 +153,8 @@ class TokenClient:
         threshold = _seconds("background_refresh_threshold", background_refresh_threshold)
         margin_s = self._poll_interval if margin is None else _seconds("margin", margin)
         fetch_timeout_s = _seconds("fetch_timeout", fetch_timeout, allow_zero=False)
+        max_lifetime_s = _seconds("max_lifetime", max_lifetime, allow_zero=False)
+        max_clock_skew_s = _seconds("max_clock_skew", max_clock_skew)
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
         self._clock: Clock = clock or SystemClock()
@@ -174,6 +190,8 @@ class TokenClient:
             verifier=verifier,
             shared=None if store is None else SharedStore(
                 store, scope=source_identity(source), clock=self._now, wall=self._clock.wall),
+            max_lifetime=max_lifetime_s,
+            max_clock_skew=max_clock_skew_s,
         )
         self._polling = False
         self._closed = False

@@ -182,9 +182,15 @@ def parse_retry_after(value: str | None, *, server_time: float | None,
 _UNPARSEABLE = object()
 
 
+def _int_or_inf(digits: str) -> float | int:
+    # A number with more digits than any sane one stays out of int(): no 4,300-digit
+    # ValueError (which would make the body "unparseable", hence transient) and no slow parse.
+    return int(digits) if len(digits) <= 40 else math.inf
+
+
 def _json(content: bytes) -> object:
     try:
-        return json.loads(content)
+        return json.loads(content, parse_int=_int_or_inf)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return _UNPARSEABLE
 

@@ -32,11 +32,22 @@ from ._request import TokenRequest, attempt_budget_of
 from ._retry import RetryPolicy, SourcePacer, jittered_backoff
 from ._store import SharedStore, StoredToken, token_from_stored
 from ._timer import Timer
-from ._token import Token
+from ._token import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_LIFETIME, Token
 
 __all__ = ["Counters", "Refresher"]
 
 _log = logging.getLogger("swr_token")
+
+#: What Token.notes mean, logged once per client each.
+_NOTES = {
+    "date": "the issuer's Date header is more than {skew:g} s from this machine's clock "
+            "(max_clock_skew); it is not trusted, token age is measured on the local clock; "
+            "check the issuer's and this machine's clocks",
+    "lifetime": "the issuer's tokens live longer than max_lifetime={lifetime:g} s; they "
+                "are kept for at most that long",
+    "iat": "a token's 'iat' lies more than {skew:g} s in the future (max_clock_skew); it "
+           "is not used to order tokens, so it cannot make honest tokens look older",
+}
 
 TokenHook = Callable[[TokenRequest, Token], None]
 ErrorHook = Callable[[TokenRequest, TokenError], None]
@@ -85,8 +96,14 @@ class Refresher:
         started_deadline: float,
         verifier: Callable[[Token], None] | None = None,
         shared: SharedStore | None = None,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.cache = cache
+        self.max_lifetime = max_lifetime
+        self.max_clock_skew = max_clock_skew
+        #: Receipt adjustments already logged (Token.notes): each is logged once per client.
+        self._noted: set[str] = set()
         self.source = source
         self.clock = clock
         self.timer = timer
@@ -352,12 +369,19 @@ class Refresher:
             # Raises InvalidTokenError (never cached) or TokenFetchError (keys unreachable).
             self.verifier(result)
         now = self.clock.deadline()
-        return result.received(
+        token = result.received(
             deadline_now=now,
             deadline_clock=self.clock.deadline,
             wall_now=self.clock.wall(),
             started_wall_now=self.started_wall + (now - self.started_deadline),
+            max_lifetime=self.max_lifetime,
+            max_clock_skew=self.max_clock_skew,
         )
+        for note in token.notes - self._noted:
+            self._noted.add(note)
+            _log.warning("swr_token: %s", _NOTES[note].format(
+                lifetime=self.max_lifetime, skew=self.max_clock_skew))
+        return token
 
     # -- outcomes -----------------------------------------------------------------------
 

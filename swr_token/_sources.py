@@ -7,7 +7,6 @@ about caching; :mod:`swr_token._http` turns every failure into a typed error.
 from __future__ import annotations
 
 import base64
-import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -75,6 +74,10 @@ def _token(
     try:
         return Token(raw, expires_in=expires_in, server_time=server_time)
     except InvalidTokenError as exc:
+        if "not a sane" in str(exc) or "must be a finite" in str(exc):
+            # A number out of range (exp, iat, expires_in): say which, from Token's check.
+            raise InvalidTokenError(f"{what} got an unusable token: {exc}",
+                                    status=status) from None
         # Token's own advice is for hand-written sources; say what is wrong with the answer.
         raise InvalidTokenError(
             f"{what} got a token whose lifetime is unknown: {unknown_lifetime}", status=status
@@ -451,16 +454,20 @@ def _access_token(
 
 
 def _seconds(value: object) -> float | None:
-    """``expires_in`` as a number; some providers send it as a numeric string."""
+    """``expires_in`` as a number; some providers send it as a numeric string.
+
+    Not range-checked here: :class:`Token` refuses what is not finite, positive and sane
+    (converting a 400-digit integer to float would raise OverflowError, so it is not).
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
         try:
-            value = float(value)
+            value = float(value[:64])
         except ValueError:
             return None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int | float):
+        return value
     return None
 
 

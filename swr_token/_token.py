@@ -18,9 +18,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "DEFAULT_MAX_CLOCK_SKEW",
+    "DEFAULT_MAX_LIFETIME",
+    "MIN_REMAINING",
     "Freshness",
     "Token",
     "classify",
+    "date_trusted",
     "effective_margin",
     "effective_threshold",
     "fingerprint",
@@ -77,6 +81,15 @@ def fingerprint(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:10]
 
 
+#: Defaults of the bounds a client puts on what an issuer says (TokenClient options).
+DEFAULT_MAX_LIFETIME = 86_400.0
+DEFAULT_MAX_CLOCK_SKEW = 300.0
+#: A token with less than this left on arrival goes to no one.
+MIN_REMAINING = 1.0
+#: Epoch seconds (and expires_in) beyond this are absurd: the year 2286.
+_ABSURD = 1e10
+
+
 def remaining_at_receipt(
     *,
     issued_at: float | None,
@@ -85,15 +98,18 @@ def remaining_at_receipt(
     server_time: float | None,
     wall_now: float,
     started_wall_now: float,
+    max_clock_skew: float = math.inf,
 ) -> tuple[float, float]:
     """Return ``(remaining, lifetime)`` of a token just received (SPEC section 5).
 
     ``started_wall_now`` is the wall clock as it stood when the client started, advanced by the
     deadline clock: a wall-clock step after start-up cannot age or rejuvenate a token.
-    The issuer's ``Date`` (``server_time``, whole seconds) wins when given: the local wall clock
-    if it falls within that second, else the end of that second, so age is never undercounted.
+    The issuer's ``Date`` (``server_time``, whole seconds) wins when given and within
+    ``max_clock_skew`` of the local wall clock: the local wall clock if it falls within that
+    second, else the end of that second, so age is never undercounted. A ``Date`` further off
+    is not trusted (see :func:`date_trusted`).
     """
-    if server_time is not None:
+    if server_time is not None and date_trusted(server_time, wall_now, max_clock_skew):
         issuer_now = wall_now if server_time <= wall_now < server_time + 1 else server_time + 1
     else:
         issuer_now = min(wall_now, started_wall_now)
@@ -121,12 +137,49 @@ def remaining_at_receipt(
     return remaining, lifetime
 
 
-def _numeric_claim(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
+def date_trusted(server_time: float, wall_now: float, max_clock_skew: float) -> bool:
+    """Is the issuer's ``Date`` close enough to the local wall clock to correct it?
+
+    A ``Date`` hours away is more likely a broken or hostile issuer (or proxy) than a local
+    clock that far wrong; trusting it would make dead tokens look new.
+    """
+    return abs(server_time - wall_now) <= max_clock_skew + 1.0  # + its whole-second rounding
+
+
+def _claim_number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A JWT time claim in epoch seconds; None if absent; refused if not a sane number."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    number = _sane_number(value)
+    if number is None:
+        raise InvalidTokenError(
+            f"the JWT's {name!r} claim is not a sane time in epoch seconds "
+            f"({_kind(value)}); it must be a finite number above 0 and below 1e10; "
+            "check the issuer"
+        )
+    return number
+
+
+def _sane_number(value: object) -> float | None:
+    """``value`` as a float if it is a real, finite number in ``(0, 1e10]``, else None.
+
+    Checked before converting: ``float()`` of a 400-digit integer raises OverflowError.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, int) and not 0 < value <= _ABSURD:
+        return None
     number = float(value)
-    return number if math.isfinite(number) else None
+    return number if math.isfinite(number) and 0 < number <= _ABSURD else None
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"a {type(value).__name__}"
+    if isinstance(value, int) and abs(value) > 10**20:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    return f"{float(value):g}"
 
 
 def _decode_jwt(raw: str) -> dict[str, Any] | None:
@@ -163,9 +216,12 @@ class Token:
         "_claims",
         "_clock",
         "_deadline",
+        "_exp",
         "_expires_at",
         "_expires_in",
+        "_iat",
         "_lifetime",
+        "_notes",
         "_raw",
         "_server_time",
     )
@@ -178,31 +234,34 @@ class Token:
                 f"a token must be a non-empty string, got {type(raw).__name__}; "
                 "the source should return the raw token or a Token"
             )
-        if expires_in is not None and (
-            isinstance(expires_in, bool)
-            or not isinstance(expires_in, int | float)
-            or not math.isfinite(expires_in)
-        ):
-            raise InvalidTokenError("expires_in must be a finite number of seconds")
+        if expires_in is not None and _sane_number(expires_in) is None:
+            raise InvalidTokenError(
+                f"expires_in must be a finite number of seconds above 0 and below 1e10, got "
+                f"{_kind(expires_in)}; check the issuer's answer"
+            )
         claims = _decode_jwt(raw)
         if claims is None and expires_in is None:
             raise InvalidTokenError(
                 "the token is not a parseable JWT and the source gave no expires_in; "
                 "return Token(raw, expires_in=SECONDS) for opaque tokens"
             )
-        if claims is not None and expires_in is None and _numeric_claim(claims, "exp") is None:
+        self._claims: Mapping[str, Any] = claims or {}
+        self._exp = _claim_number(self._claims, "exp")
+        self._iat = _claim_number(self._claims, "iat")
+        if claims is not None and expires_in is None and self._exp is None:
             raise InvalidTokenError(
                 "the JWT has no numeric 'exp' claim, so its expiry is unknown; "
                 "have the issuer set 'exp' or return Token(raw, expires_in=SECONDS)"
             )
         self._raw = raw
-        self._claims: Mapping[str, Any] = claims or {}
         self._expires_in = None if expires_in is None else float(expires_in)
         self._server_time = server_time
         self._clock: Callable[[], float] | None = None
         self._deadline = 0.0
         self._lifetime = 0.0
-        exp = _numeric_claim(self._claims, "exp")
+        #: What the receiving client did not take as given (for its log): see received().
+        self._notes: frozenset[str] = frozenset()
+        exp = self._exp
         if expires_in is None:
             self._expires_at = exp or 0.0
         else:
@@ -227,8 +286,19 @@ class Token:
 
     @property
     def issued_at(self) -> float | None:
-        """The JWT's ``iat`` in epoch seconds, if it has one."""
-        return _numeric_claim(self._claims, "iat")
+        """The JWT's ``iat`` in epoch seconds, if it has one.
+
+        On a received token, None when ``iat`` lay further in the future than the client's
+        ``max_clock_skew``: such a token must not look newer than the honest ones after it.
+        """
+        return self._iat
+
+    @property
+    def notes(self) -> frozenset[str]:
+        """What the receiving client adjusted: ``"date"`` (an issuer ``Date`` too far off,
+        not trusted), ``"lifetime"`` (capped at ``max_lifetime``), ``"iat"`` (in the
+        future, not used for ordering). Empty before receipt."""
+        return self._notes
 
     @property
     def expires_at(self) -> float:
@@ -261,34 +331,62 @@ class Token:
 
     def received(
         self, *, deadline_now: float, deadline_clock: Callable[[], float], wall_now: float,
-        started_wall_now: float,
+        started_wall_now: float, max_lifetime: float = DEFAULT_MAX_LIFETIME,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> Token:
         """Return a copy bound to a client's clock, with its age accounted for.
 
-        Raises :class:`InvalidTokenError` if it is already expired on arrival.
+        Lifetime and remaining life are capped at ``max_lifetime``. Raises
+        :class:`InvalidTokenError` if less than a second is left on arrival, or if the token
+        expired by the local clock more than ``max_clock_skew`` ago, whatever ``Date`` says.
         """
+        notes: set[str] = set()
+        if self._server_time is not None and not date_trusted(
+                self._server_time, wall_now, max_clock_skew):
+            notes.add("date")
+        # "This machine's clock": the earlier of the wall clock and the start-up wall clock
+        # advanced by the deadline clock, so a wall-clock step after start-up changes nothing.
+        local_now = min(wall_now, started_wall_now)
+        if self._exp is not None and self._exp < local_now - max_clock_skew:
+            raise InvalidTokenError(
+                f"the token expired {local_now - self._exp:.0f} s ago by this machine's clock, "
+                f"more than max_clock_skew={max_clock_skew:g} s; it is never served, whatever "
+                "the issuer's clock says; check the issuer's and this machine's clocks"
+            )
         remaining, lifetime = remaining_at_receipt(
-            issued_at=_numeric_claim(self._claims, "iat"),
-            expires=_numeric_claim(self._claims, "exp"),
+            issued_at=self._iat,
+            expires=self._exp,
             expires_in=self._expires_in,
             server_time=self._server_time,
             wall_now=wall_now,
             started_wall_now=started_wall_now,
+            max_clock_skew=max_clock_skew,
         )
-        if remaining <= 0:
+        if lifetime > max_lifetime or remaining > max_lifetime:
+            notes.add("lifetime")
+            lifetime, remaining = min(lifetime, max_lifetime), min(remaining, max_lifetime)
+        if remaining < MIN_REMAINING:
             raise InvalidTokenError(
-                "the token was already expired when it arrived; check the issuer's clock "
-                "and the token lifetime it is configured with"
+                f"the token arrived with {max(remaining, 0.0):.3g} s left (already expired or "
+                "about to); it is given to no one; check the issuer's clock and the token "
+                "lifetime it is configured with"
             )
+        iat = self._iat
+        if iat is not None and iat > max(wall_now, started_wall_now) + max_clock_skew:
+            notes.add("iat")
+            iat = None
         bound = object.__new__(Token)
         bound._raw = self._raw
         bound._claims = self._claims
+        bound._exp = self._exp
+        bound._iat = iat
         bound._expires_in = self._expires_in
         bound._server_time = self._server_time
         bound._clock = deadline_clock
         bound._deadline = deadline_now + remaining
         bound._lifetime = lifetime
         bound._expires_at = wall_now + remaining
+        bound._notes = frozenset(notes)
         return bound
 
     @property

@@ -76,10 +76,10 @@ def request_for(kind: str) -> TokenRequest:
     return SESSION if kind == "clerk" else NO_KEY
 
 
-def receive(token: Token) -> Token:
+def receive(token: Token, **bounds: float) -> Token:
     now = time.time()
     return token.received(deadline_now=time.monotonic(), deadline_clock=time.monotonic,
-                          wall_now=now, started_wall_now=now)
+                          wall_now=now, started_wall_now=now, **bounds)
 
 
 def assert_no_secret(*texts: str) -> None:
@@ -527,14 +527,26 @@ def test_issuer_clock_an_hour_off(
     issuer: LocalIssuer, make: Callable[..., Source], kind: str, offset: int
 ) -> None:
     issuer.clock_offset = offset
+    started = time.time()
     token = make(kind)(request_for(kind))
-    received = receive(token)
+    received = receive(token, max_clock_skew=7200.0)  # a Date an hour off, trusted
+    elapsed = time.time() - started
     assert received.lifetime == 60
-    assert received.remaining() >= 58.5  # the full lifetime, give or take the Date's second
-    assert abs(received.expires_at - (time.time() + 60)) < 2
+    # The full lifetime, less the real age and the up to 2 s the whole-second iat and Date add.
+    assert 58.0 - elapsed <= received.remaining() <= 60
+    assert started + 58.0 <= received.expires_at <= time.time() + 60
     if offset < 0:  # without the Date, our clock would call it long expired
         with pytest.raises(InvalidTokenError):
-            receive(Token(token.raw))
+            receive(Token(token.raw), max_clock_skew=7200.0)
+    # By default (max_clock_skew=300) a Date an hour off is not trusted: a token an hour old
+    # by the local clock is never served; one from an hour ahead is taken as new, no newer.
+    if offset < 0:
+        with pytest.raises(InvalidTokenError, match="max_clock_skew=300 s"):
+            receive(token)
+    else:
+        default = receive(token)
+        assert default.lifetime == 60 and default.remaining() <= 60
+        assert default.issued_at is None and {"date", "iat"} <= default.notes
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
