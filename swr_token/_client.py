@@ -172,6 +172,7 @@ class TokenClient:
         self._owns_executor = executor is None
         self._counters = Counters()
         self._timer = Timer(self._clock)
+        policy = retry or RetryPolicy()
         self._refresher = Refresher(
             self._cache,
             source,
@@ -179,8 +180,8 @@ class TokenClient:
             timer=self._timer,
             executor=executor or DaemonThreadPoolExecutor(),
             foreground_executor=foreground_executor,
-            retry=retry or RetryPolicy(),
-            pacer=SourcePacer(),
+            retry=policy,
+            pacer=SourcePacer(max_retry_after=policy.max_retry_after),
             fetch_timeout=fetch_timeout_s,
             counters=self._counters,
             on_token_update=on_token_update,

@@ -161,15 +161,14 @@ class Refresher:
             self.timer.call_at(flight.budget_until, lambda: self._time_out(flight))
         refreshing = flight.background and flight.stop_at is not None
         if not flight.own and not self.pacer.permit(now):
-            error = self.pacer.last_error or TokenFetchError(
-                "the token source is failing; not asked again until its backoff ends")
+            refused = self._paced_error(flight, now)
             slot = self.pacer.next_slot + random.uniform(0.0, 0.05)
             if refreshing:
-                self._park(flight, error)
+                self._park(flight, refused)
             elif slot < flight.budget_until:
                 self.parking.wait_for_slot(flight, slot)
             else:
-                self._fail(flight, error, now)
+                self._fail(flight, refused, now)
             return
         self._run(flight, background=refreshing)
 
@@ -192,6 +191,27 @@ class Refresher:
             if not self.closed:
                 error = TokenFetchError(f"could not start a fetch ({exc}); try again")
             self._fail(flight, error, self.clock.deadline())
+
+    def _paced_error(self, flight: Flight, now: float) -> TokenFetchError:
+        """The failure for a flight the pacer refused, naming this flight's key.
+
+        The source's last failure came from some other key's request: its message names that
+        key (a Clerk session, say) and must never reach this caller. Only its status, code
+        and the time until the next slot are carried over; it is not chained.
+        """
+        last = self.pacer.last_error
+        wait = max(0.0, self.pacer.next_slot - now)
+        what = f"the token for {flight.request.describe()} was not asked for: the token " \
+               "source is failing"
+        if last is not None and last.status is not None:
+            what += f" (its last answer: HTTP {last.status}"
+            what += f", {last.code[:80]})" if last.code else ")"
+        return TokenFetchError(
+            f"{what}; it is asked again in about {wait:.1f} s, try again then",
+            status=None if last is None else last.status,
+            code=None if last is None else last.code,
+            retry_after=wait,
+        )
 
     def next_seq(self) -> int:
         return next(self._seq)

@@ -8,6 +8,7 @@ once it keeps failing, so 5,000 keys cannot mean 5,000 requests a second to a si
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from tenacity.wait import wait_base
 
 from ._errors import TokenError, TokenFetchError
 
-__all__ = ["RetryPolicy", "SourcePacer", "jittered_backoff"]
+__all__ = ["RetryPolicy", "SourcePacer", "bounded_retry_after", "jittered_backoff"]
 
 # RetryCallState wants a Retrying object; ours only names the policy in tenacity's reprs.
 _RETRYING = tenacity.Retrying()
@@ -46,6 +47,8 @@ class RetryPolicy:
     retry: retry_base = field(
         default_factory=lambda: tenacity.retry_if_exception_type(TokenFetchError)
     )
+    #: A ``Retry-After`` (from any source, built-in or yours) counts for at most this long.
+    max_retry_after: float = 60.0
 
     def next_wait(
         self, *, attempt: int, started_at: float, now: float, error: BaseException
@@ -61,13 +64,30 @@ class RetryPolicy:
         if not self.retry(state):
             return None
         wait = float(self.wait(state))
-        retry_after = getattr(error, "retry_after", None)
-        if isinstance(retry_after, int | float) and retry_after > wait:
-            wait = float(retry_after)
+        retry_after = bounded_retry_after(error, self.max_retry_after)
+        if retry_after is not None and retry_after > wait:
+            wait = retry_after
         state.upcoming_sleep = wait
         if self.stop(state):
             return None
         return wait
+
+
+def bounded_retry_after(error: BaseException, cap: float) -> float | None:
+    """The error's ``retry_after`` in seconds, at most ``cap``; None if it has no sane one.
+
+    A source of yours may raise ``TokenFetchError(retry_after=1e9)``: an issuer's say can
+    pause a key or the whole source for a minute, not for years.
+    """
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int):
+        value = min(value, 10**12)  # float() of a huge int overflows
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, cap)
 
 
 def jittered_backoff(streak: int, *, base: float = 1.0, cap: float = 30.0) -> float:
@@ -86,9 +106,11 @@ class SourcePacer:
     """
 
     def __init__(
-        self, *, quick_failures: int = 3, gap: tuple[float, float] = (1.0, 1.3)
+        self, *, quick_failures: int = 3, gap: tuple[float, float] = (1.0, 1.3),
+        max_retry_after: float = 60.0,
     ) -> None:
         self.quick_failures = quick_failures
+        self.max_retry_after = max_retry_after
         self.gap = gap
         self._lock = threading.Lock()
         self.streak = 0
@@ -114,8 +136,8 @@ class SourcePacer:
             self.last_error = error
             if self.streak >= self.quick_failures:
                 self.next_slot = max(self.next_slot, now + random.uniform(*self.gap))
-            retry_after = getattr(error, "retry_after", None)
-            if isinstance(retry_after, int | float) and retry_after > 0:
+            retry_after = bounded_retry_after(error, self.max_retry_after)
+            if retry_after is not None and retry_after > 0:
                 # A 429's Retry-After speaks for the whole client, not for one key.
                 self.next_slot = max(self.next_slot, now + float(retry_after))
 
