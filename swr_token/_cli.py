@@ -117,6 +117,11 @@ def _terminal_width() -> int:
         return 80
 
 
+def _env_flag(var: str) -> bool:
+    """A yes/no environment variable: unset, empty, ``0``, ``false``, ``no`` or ``off`` is no."""
+    return os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _env_help(text: str, var: str) -> str:
     value = os.environ.get(var)
     return f"{text} (env {var}{'' if value is None else ', set'})"
@@ -224,7 +229,7 @@ def _build_parser(prog: str) -> _Parser:
                      help="log what the client does to stderr")
     cache_opts = get.add_argument_group("token cache")
     cache_opts.add_argument("--no-cache", action="store_true",
-                            default=bool(env("SWR_TOKEN_NO_CACHE")),
+                            default=_env_flag("SWR_TOKEN_NO_CACHE"),
                             help=_env_help("neither read nor write the token cache",
                                            "SWR_TOKEN_NO_CACHE"))
     _add_cache_dir(cache_opts)

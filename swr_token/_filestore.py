@@ -317,8 +317,12 @@ class FileStore:
         try:
             moved = self._read(aside)
             if moved is not None and moved.raw != raw:
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, path)  # an even newer entry is there already: keep it
+                try:
+                    os.link(aside, path)
+                except FileExistsError:
+                    pass  # an even newer entry is there already: keep it
+                except OSError:
+                    os.replace(aside, path)  # no hard links here: put it back all the same
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(aside)

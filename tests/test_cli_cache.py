@@ -56,14 +56,23 @@ def test_no_cache_asks_every_time_and_keys_and_sources_stay_apart(issuer: LocalI
     for _ in range(2):
         assert cli("get", "--session", "sess_nc", "--no-cache", env=env).returncode == 0
     assert issuer.request_count("clerk") == 2
-    assert list(_cache_dir().glob("*.tok")) == [] if _cache_dir().exists() else True
+    assert not _cache_dir().exists() or list(_cache_dir().glob("*.tok")) == []
+    # SWR_TOKEN_NO_CACHE=1 opts out; 0 and false do not (the second run of "0" and both of
+    # "false" are answered from the token "0" cached).
+    for value, requests in (("1", 2), ("0", 1), ("false", 0)):
+        before = issuer.request_count("clerk")
+        for _ in range(2):
+            assert cli("get", "--session", "sess_env", env={
+                **env, "SWR_TOKEN_NO_CACHE": value}).returncode == 0
+        assert issuer.request_count("clerk") - before == requests, value
+    issuer.reset_counts()
     for session in ("sess_a", "sess_b", "sess_a"):
         assert cli("get", "--session", session, env=env).returncode == 0
-    assert issuer.request_count("clerk") == 4  # sess_a once, sess_b once
+    assert issuer.request_count("clerk") == 2  # sess_a once, sess_b once
     # Another secret is another source (another Clerk instance): never its cached token.
     other = {**env, "CLERK_SECRET_KEY": "sk_test_someone_else"}
     assert cli("get", "--session", "sess_a", env=other).returncode == 3
-    assert issuer.request_count("clerk") == 5
+    assert issuer.request_count("clerk") == 3
 
 
 def test_opaque_oauth2_tokens_are_reused_with_their_expiry(issuer: LocalIssuer) -> None:
