@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import shutil
 import textwrap
 import threading
@@ -246,9 +247,18 @@ def _bar(fraction: float, width: int = 12) -> str:
 
 
 def _wrap(text: str, width: int, *, first: str = "", indent: int = 2) -> list[str]:
-    """``first + text`` in lines of at most ``width`` columns, broken between words only."""
-    return textwrap.wrap(first + text, width=width, subsequent_indent=" " * indent,
-                         break_long_words=False, break_on_hyphens=False) or [first.rstrip()]
+    """``first + text`` in lines of at most ``width`` columns, broken between words only.
+
+    A number and its unit ("0.30 s", "6 s") stay on one line: textwrap breaks only at ASCII
+    whitespace, so they are joined by a no-break space while wrapping.
+    """
+    glued = _NUMBER_UNIT.sub("\\1\u00a0", text)
+    lines = textwrap.wrap(first + glued, width=width, subsequent_indent=" " * indent,
+                          break_long_words=False, break_on_hyphens=False) or [first.rstrip()]
+    return [line.replace("\u00a0", " ") for line in lines]
+
+
+_NUMBER_UNIT = re.compile(r"(\d) (?=s\b)")
 
 
 def _fields(fields: list[str], width: int) -> list[str]:

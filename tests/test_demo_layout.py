@@ -8,6 +8,7 @@ terminal itself would have had to wrap.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import re
 import select
@@ -192,6 +193,9 @@ def test_events_wrap_between_words_and_are_never_cut(
     screen = runs[columns][1].screen()
     events = _events(screen)
     assert events, screen
+    for line, following in itertools.pairwise(screen):
+        # A number and its unit stay together ("0.30 s", never "0.30" then "s);").
+        assert not (re.search(r"\d$", line) and re.match(r" +s\b", following)), (line, following)
     for label, text in events:
         assert label in ("sess_alice", "sess_bob", "sess_bob/orders-api", "sess_dora",
                          "issuer"), label
