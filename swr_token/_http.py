@@ -18,10 +18,11 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import requests.auth
+import urllib3.util
 
 from ._errors import ConfigurationError, TokenFetchError, TokenRejectedError
 from ._request import attempt_budget
@@ -53,6 +54,7 @@ __all__ = [
     "network_reason",
     "parse_http_date",
     "parse_retry_after",
+    "secret_forms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,22 +92,49 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: Query parameter names that carry a credential: refused in a configured URL.
+_CREDENTIAL_PARAM = re.compile(
+    r"secret|passw|pwd|token|key|auth|sig|credential|session|assertion", re.IGNORECASE)
+
+
 def check_url(url: str, *, name: str) -> str:
     """Return ``url`` if it is ``https://`` (or ``http://`` to loopback); else raise.
 
-    Raises :class:`ConfigurationError` (a ``ValueError`` and a ``TokenError``). The message
-    names the host only: a URL may carry credentials in its user-info part.
+    Raises :class:`ConfigurationError` (a ``ValueError`` and a ``TokenError``). The URL is
+    checked as ``requests``/``urllib3`` will parse and connect to it, and refused if the
+    standard library would read another host out of it (``http://evil\\@localhost/``). A URL
+    with credentials in its user-info or query is refused; messages never show either.
     """
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"{name} must be a non-empty https:// URL")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 or ch == "\\" for ch in url):
+        raise ConfigurationError(
+            f"{name} contains a backslash, whitespace or a control character; write the "
+            "URL plainly, as https://HOST[:PORT]/PATH")
     parts = urlsplit(url)
-    host = parts.hostname or ""
     try:
         parts.port  # noqa: B018 - validates the port
+        wire = urllib3.util.parse_url(url)  # what requests connects to
     except ValueError:
         raise ConfigurationError(
-            f"{name} has an invalid port; use https://HOST[:PORT]/..."
+            f"{name} has an invalid host or port; use https://HOST[:PORT]/..."
         ) from None
+    if parts.username is not None or parts.password is not None or wire.auth is not None \
+            or "@" in parts.netloc:
+        raise ConfigurationError(
+            f"{name} has credentials in it (user-info before '@'); remove them and pass the "
+            "credentials as the source's own arguments")
+    if any(_CREDENTIAL_PARAM.search(field.split("=", 1)[0])
+           for field in parts.query.split("&") if field):
+        raise ConfigurationError(
+            f"{name} has a credential-like parameter in its query string; remove it and pass "
+            "credentials as the source's own arguments")
+    host = (parts.hostname or "").lower()
+    wire_host = (wire.host or "").strip("[]").lower()
+    if host != wire_host or (wire.scheme or "") != parts.scheme:
+        raise ConfigurationError(
+            f"{name} is ambiguous: its host reads differently to different URL parsers; "
+            "write it plainly, as https://HOST[:PORT]/PATH")
     if parts.scheme == "https" and host:
         return url
     if parts.scheme == "http" and host and _is_loopback(host):
@@ -296,7 +325,7 @@ class Transport:
             )
         # None defers to the session (a user's CA bundle) and to REQUESTS_CA_BUNDLE.
         self._verify: bool | str | None = None if verify is True else verify
-        self._secrets = tuple(s for s in secrets if s)
+        self._secrets = secret_forms(secrets)
         self._hint = hint
         self._owned = session is None
         self._session = session if session is not None else new_session()
@@ -413,6 +442,21 @@ class Transport:
         else:
             hint = self._hint(status, code)
         raise TokenRejectedError(f"{message}; {hint}", status=status, code=code)
+
+
+def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Every form in which an issuer might echo a secret: raw, ``quote``, ``quote_plus``
+    (each also with lower-case hex) and JSON-escaped; longest first, so no form is left
+    half-replaced by a shorter one."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        for form in (secret, quote(secret, safe=""), quote_plus(secret, safe=""),
+                     json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+            forms.add(form)
+            forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form))
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def cause_of(exc: BaseException) -> BaseException | None:

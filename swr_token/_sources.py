@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -61,6 +61,22 @@ def _credential(value: object, *, name: str, how: str, token68: bool = False) ->
         # Never echo it: the message would carry the secret.
         raise ConfigurationError(f"{name} contains whitespace or control characters; {how}")
     return value
+
+
+def _path_part(value: str, name: str) -> str:
+    """``value`` as one URL path segment that can never change the path.
+
+    ``.``, ``..``, empty values, ``/``, ``\\`` and any ``%`` (``%2e``, ``%2f``: a proxy or
+    server may decode them) are refused with :class:`TokenRejectedError` before anything is
+    sent, as are control characters; anything else is percent-encoded.
+    """
+    if not value or value.strip(".") == "" or any(
+            ch in "/\\%" or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise TokenRejectedError(
+            f"ClerkBackendSource refused the {name}: it is empty, only dots, or holds '/', "
+            "'\\', '%' or a control character, which could change the request's path; pass "
+            f"the {name} exactly as Clerk gave it")
+    return quote(value, safe="")
 
 
 def _reject(source: str, part: str, why: str) -> TokenRejectedError:
@@ -161,9 +177,9 @@ class ClerkBackendSource(_HttpSource):
             raise _reject(name, "audience",
                           "Clerk's session tokens take no audience; use a JWT template that "
                           "sets 'aud' and pass template=")
-        url = f"{self._api_url}/sessions/{quote(request.session_id, safe='')}/tokens"
-        if request.template:
-            url += f"/{quote(request.template, safe='')}"
+        url = f"{self._api_url}/sessions/{_path_part(request.session_id, 'session_id')}/tokens"
+        if request.template is not None:
+            url += f"/{_path_part(request.template, 'template')}"
         what = f"Clerk token request for {request.describe()} to {display_url(url)}"
         body = None
         if self._expires_in_seconds is not None:
@@ -319,8 +335,11 @@ class OAuth2ClientCredentialsSource(_HttpSource):
                     algorithm="HS256", key_id=key_id, lifetime=assertion_lifetime,
                     secret=self._client_secret)
             elif auth_method == "client_secret_basic":
-                pair = (f"{quote_plus(self._client_id, safe='')}:"
-                        f"{quote_plus(self._client_secret, safe='')}")
+                # RFC 6749 section 2.3.1 / Appendix B: form-urlencoded, with a space as %20
+                # (not "+"), so servers that decode with unquote and those that decode with
+                # unquote_plus both read the same id and secret.
+                pair = (f"{quote(self._client_id, safe='')}:"
+                        f"{quote(self._client_secret, safe='')}")
                 self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         if scope is not None and not isinstance(scope, str):
             scope = " ".join(scope)

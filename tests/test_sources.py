@@ -107,9 +107,11 @@ def test_clerk_request_shape(issuer: LocalIssuer, make: Callable[..., Source]) -
 def test_clerk_template_and_quoting(issuer: LocalIssuer, make: Callable[..., Source]) -> None:
     source = make("clerk")
     source(TokenRequest(session_id="sess_1", template="supabase"))
-    source(TokenRequest(session_id="a/../b", template="x y"))
+    source(TokenRequest(session_id="a?b#c", template="x y"))
     paths = [r.path for r in issuer.requests("clerk")]
-    assert paths == ["/v1/sessions/sess_1/tokens/supabase", "/v1/sessions/a%2F..%2Fb/tokens/x%20y"]
+    assert paths == ["/v1/sessions/sess_1/tokens/supabase", "/v1/sessions/a%3Fb%23c/tokens/x%20y"]
+    with pytest.raises(TokenRejectedError, match="could change the request's path"):
+        source(TokenRequest(session_id="a/../b"))  # refused now: see test_hostile_wire.py
 
 
 def test_clerk_expires_in_seconds(issuer: LocalIssuer, make: Callable[..., Source]) -> None:
