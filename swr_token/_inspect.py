@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from ._token import fingerprint
 
 __all__ = ["inspect_stdin"]
 
+#: Bytes read from stdin at most: a token is a few KiB; more is not a token.
+MAX_INPUT = 64 * 1024
 _NOT_VERIFIED = "not verified: the signature was not checked; do not trust these claims"
 _TIMES = ("exp", "iat", "nbf", "auth_time")
 
@@ -29,9 +32,40 @@ class _Refused(Exception):
 
 
 def _number(value: object) -> float | None:
+    """A claim as a time in seconds, if it is a sane number (a 400-digit one is not)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    if isinstance(value, int) and abs(value) > 10**15:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and abs(number) <= 1e15 else None
+
+
+def _shown(value: object) -> str:
+    """``value`` fit for a terminal: control characters and other non-printables escaped
+    (``\\x1b``, ``\\u202e``), so a claim cannot move the cursor, recolour or hide text."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
+def _read_stdin(stdin: Any) -> str:
+    """At most MAX_INPUT bytes of UTF-8 from stdin, else a refusal (exit 2)."""
+    if stdin is None:
+        return ""
+    source = getattr(stdin, "buffer", None)
+    data: bytes | str = (source.read(MAX_INPUT + 1) if source is not None
+                         else stdin.read(MAX_INPUT + 1))
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_INPUT:
+        raise _Refused(f"stdin holds more than {MAX_INPUT // 1024} KiB, far more than any "
+                       "token; pipe in only the token", 2)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused("stdin is not UTF-8 text; pipe in the token as printed by the "
+                       "issuer or by 'swr-token get'", 2) from None
 
 
 def _read_token(text: str) -> str:
@@ -83,15 +117,16 @@ def _decode(raw: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _report(raw: str, header: dict[str, Any], claims: dict[str, Any], now: float) -> list[str]:
     exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
     lines = [_NOT_VERIFIED, f"fingerprint  {fingerprint(raw)}",
-             "header       " + "  ".join(f"{k}={v}" for k, v in sorted(header.items())),
+             "header       " + "  ".join(f"{_shown(k)}={_shown(v)}"
+                                        for k, v in sorted(header.items())),
              "claims"]
-    width = max((len(str(name)) for name in claims), default=0)
+    width = max((len(_shown(name)) for name in claims), default=0)
     for name, value in claims.items():
-        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        shown = _shown(value)
         moment = _number(value)
         if name in _TIMES and moment is not None:
             shown = f"{shown}  {_when(moment, now)}"
-        lines.append(f"  {name:<{width}}  {shown}")
+        lines.append(f"  {_shown(name):<{width}}  {shown}")
     if exp is None:
         lines.append("remaining    unknown: no numeric 'exp' claim")
     elif exp <= now:
@@ -108,11 +143,15 @@ def inspect_stdin(*, as_json: bool, prog: str) -> int:
     if stdin is not None and stdin.isatty():
         sys.stderr.write(f"{prog}: paste a token, then press Enter and Ctrl-D\n")
     try:
-        raw = _read_token(stdin.read() if stdin is not None else "")
+        raw = _read_token(_read_stdin(stdin))
         header, claims = _decode(raw)
     except _Refused as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return exc.status
+    except (ValueError, TypeError, RecursionError) as exc:  # never a traceback
+        sys.stderr.write(f"{prog}: error: stdin could not be read as a token "
+                         f"({type(exc).__name__})\n")
+        return 5
     now = time.time()
     if as_json:
         exp = _number(claims.get("exp"))
