@@ -39,7 +39,9 @@ def test_script_exits_promptly_with_a_refresh_hung_in_flight() -> None:
         client.get_token("s")        # 10 s left: stale, so this read starts a refresh...
         client.get_token("s")
         t0 = time.monotonic()
-        while len(calls) < 2 and time.monotonic() - t0 < 5:
+        # Stale on arrival, the key backs off ("no progress"); the refresh starts about 5 s
+        # on (the poller, as the token nears its margin). A 5 s bound raced that; 10 s does not.
+        while len(calls) < 2 and time.monotonic() - t0 < 10:
             time.sleep(0.01)
         assert len(calls) == 2       # ...which is now hung on the network
         print("exiting")
