@@ -24,7 +24,6 @@ from ._errors import (
     TokenFetchError,
     TokenRejectedError,
 )
-from ._request import TokenRequest
 from ._version import __version__
 
 TYPE_CHECKING = False  # not typing's: a cached `get` must not pay for importing typing
@@ -622,6 +621,8 @@ def _cmd_get(args: argparse.Namespace, prog: str) -> int:
         _say(sys.stderr, prog, exc)
         return EXIT_INVALID
     except TimedOutError as exc:
+        from ._request import TokenRequest  # not at the top: a cached answer never needs it
+
         wanted = TokenRequest(key["session_id"], key["template"], None, key["audience"])
         why = "the issuer did not answer in time" if exc.last_error is None \
             else f"the last attempt failed: {exc.last_error}"

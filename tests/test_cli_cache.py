@@ -225,7 +225,8 @@ def test_a_cached_get_loads_neither_the_http_stack_nor_the_jwt_parser(
         # The HTTP stack, the JWT parser, and the engine (its logging and futures): each
         # costs a cached call more than the rest of it (benchmarks/cached_get.py).
         heavy = [m for m in ("requests", "urllib3", "jwt", "cryptography", "logging",
-                             "concurrent.futures", "swr_token._client") if m in sys.modules]
+                             "dataclasses", "concurrent.futures", "swr_token._client")
+                 if m in sys.modules]
         print("loaded:", *heavy, file=sys.stderr)
         sys.exit(code)
     """)
