@@ -359,7 +359,11 @@ class TokenClient:
         if start:
             self._refresher.dispatch(flight)
         elif promote:
+            _log.debug("%s: took over its refresh queued behind background work; runs now",
+                       flight.request.describe())
             self._refresher.run_now(flight)  # it was queued behind other keys' refreshes
+        else:
+            _log.debug("%s: waiting for the fetch already running", flight.request.describe())
         return self._wait(flight, timeout)
 
     def _wait(self, flight: Flight, timeout: float | None) -> Token:
@@ -394,6 +398,8 @@ class TokenClient:
                 return
             flight = self._refresher.start(entry, background=True,
                                            stop_at=snap.deadline - snap.margin)
+        _log.debug("%s is stale (%.1f s left): served at once while a background refresh "
+                   "runs", flight.request.describe(), snap.deadline - now)
         self._refresher.dispatch(flight)
 
     # -- poller ---------------------------------------------------------------------------

@@ -7,16 +7,20 @@ parked key, and fetches that callers wait on for a slot go at once instead of at
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ._cache import Entry, Flight
 from ._errors import TokenError, TokenFetchError
+from ._request import TokenRequest
 from ._retry import jittered_backoff
 
 if TYPE_CHECKING:
     from ._refresh import Refresher
 
 __all__ = ["Parking"]
+
+_log = logging.getLogger("swr_token")
 
 
 class Parking:
@@ -41,6 +45,8 @@ class Parking:
         self.parked[entry] = None
         entry.backoff_until = r.clock.deadline() + jittered_backoff(6)
         entry.backoff_epoch = r.pacer.recoveries
+        _log.debug("parked %s: the source is failing; its stale token is served until a "
+                   "probe succeeds", _describe(entry))
         if not self._probe_due:
             self._probe_due = True
             r.timer.call_at(r.pacer.next_slot, self.probe)
@@ -67,6 +73,8 @@ class Parking:
                 flight = r.start(entry, background=True, stop_at=snap.deadline - snap.margin)
             if flight is None:
                 return
+        _log.debug("probe: refreshing %s to see whether the source answers again",
+                   flight.request.describe())
         r.dispatch(flight)
 
     def wait_for_slot(self, flight: Flight, slot: float) -> None:
@@ -74,6 +82,8 @@ class Parking:
         r = self._refresher
         with r.cache.lock:
             self.slot_waiters.add(flight)
+        _log.debug("fetch for %s waits %.2f s for the source's next pacer slot",
+                   flight.request.describe(), max(slot - r.clock.deadline(), 0.0))
         r.timer.call_at(slot, lambda: self.slot_due(flight))
 
     def failing_fast(self, entry: Entry) -> None:
@@ -86,6 +96,9 @@ class Parking:
         with r.cache.lock:
             waiting = list(self.slot_waiters)
             self.slot_waiters.clear()
+        if waiting:
+            _log.debug("a paced attempt failed: %d fetch(es) queued for a slot get its "
+                       "failure now", len(waiting))
         for flight in waiting:
             flight.last_error = flight.last_error or error
             r.fail(flight, error, now)
@@ -105,6 +118,7 @@ class Parking:
         r = self._refresher
         now = r.clock.deadline()
         with r.cache.lock:
+            released = (len(self.parked), len(self.failing), len(self.slot_waiters))
             for entry in self.parked:
                 if entry.resolved is not None:
                     r.cache.push_due(now, 0, entry, entry.resolved)
@@ -116,6 +130,8 @@ class Parking:
             self.failing.clear()
             waiting = list(self.slot_waiters)
             self.slot_waiters.clear()
+        _log.debug("source answers again: %d parked key(s) released, %d fail-fast "
+                   "window(s) ended, %d waiting fetch(es) start now", *released)
         for flight in waiting:
             r.dispatch(flight)
 
@@ -124,3 +140,7 @@ class Parking:
         self.slot_waiters = set()
         self.failing = {}
         self._probe_due = False
+
+
+def _describe(entry: Entry) -> str:
+    return TokenRequest(*entry.key).describe()

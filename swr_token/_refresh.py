@@ -32,7 +32,7 @@ from ._request import TokenRequest, attempt_budget_of
 from ._retry import RetryPolicy, SourcePacer, jittered_backoff
 from ._store import SharedStore, StoredToken, token_from_stored
 from ._timer import Timer
-from ._token import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_LIFETIME, Token
+from ._token import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_LIFETIME, Token, fingerprint
 
 __all__ = ["Counters", "Refresher"]
 
@@ -229,6 +229,11 @@ class Refresher:
             return
         flight.attempt += 1
         paced = self.pacer.paced()
+        debug = _log.isEnabledFor(logging.DEBUG)
+        if debug:
+            _log.debug("%s for %s: attempt %d started", _kind(flight),
+                       flight.request.describe(), flight.attempt)
+        began = self.clock.deadline()
         try:
             token, from_source, issued = self._fetch(flight)
         except TokenError as exc:
@@ -244,6 +249,10 @@ class Refresher:
             )
             error.__cause__ = exc
         else:
+            if debug:
+                _log.debug("%s for %s: answered in %.0f ms (%s)", _kind(flight),
+                           flight.request.describe(), (self.clock.deadline() - began) * 1000,
+                           "from the source" if from_source else "from the shared store")
             self._bug_logged = False
             if from_source and self.pacer.answered():
                 self.parking.release()
@@ -262,6 +271,9 @@ class Refresher:
         elif isinstance(error, TokenRejectedError) and self.pacer.answered():
             self.parking.release()
         flight.last_error = error
+        if debug:
+            _log.debug("%s for %s: attempt %d failed after %.0f ms: %s", _kind(flight),
+                       flight.request.describe(), flight.attempt, (now - began) * 1000, error)
         wait = self.retry.next_wait(attempt=flight.attempt, started_at=flight.started_at,
                                     now=now, error=error)
         if paced and transient and not (flight.background and flight.stop_at is not None):
@@ -274,8 +286,14 @@ class Refresher:
             # (giving up now with the real failure beats a time-out later).
             limit = flight.stop_at if flight.stop_at is not None else flight.budget_until
             if due < limit:
+                if debug:
+                    _log.debug("%s for %s: retry in %.2f s", _kind(flight),
+                               flight.request.describe(), wait)
                 self.timer.call_at(due, lambda: self.dispatch(flight))
                 return
+        if debug:
+            _log.debug("%s for %s: giving up after %d attempt(s)", _kind(flight),
+                       flight.request.describe(), flight.attempt)
         self._fail(flight, error, now)
 
     def _source_bug(self, flight: Flight, bug: Exception) -> None:
@@ -436,6 +454,15 @@ class Refresher:
                         "refresh of %s made no progress (the issuer returned the "
                         "same or an already-stale token); backing off", flight.request.describe()
                     )
+        if _log.isEnabledFor(logging.DEBUG):
+            left = token.deadline - now
+            if published is not None:
+                _log.debug("published token %s for %s: %.1f s left", fingerprint(token.raw),
+                           flight.request.describe(), left)
+            else:
+                _log.debug("token %s for %s (%.1f s left) went to its waiters only: not "
+                           "newer than the cached one, or critical", fingerprint(token.raw),
+                           flight.request.describe(), left)
         _settle(flight, token, None)
         if published is not None and self.on_token_update is not None:
             _call_hook(self.on_token_update, flight.request, published.token)
@@ -574,6 +601,15 @@ class Refresher:
     def reset_after_fork(self) -> None:
         self.flights = set()
         self.parking.reset_after_fork()
+
+
+def _kind(flight: Flight) -> str:
+    """What a flight is, for DEBUG lines."""
+    if flight.own:
+        return "skip_cache fetch"
+    if flight.background and flight.stop_at is not None:
+        return "background refresh"
+    return "fetch (callers waiting)"
 
 
 def _settle(flight: Flight, token: Token | None, error: BaseException | None) -> None:
