@@ -101,6 +101,10 @@ def test_fork_with_a_fetch_in_flight_and_a_lock_held(fork: str) -> None:
                 hold.wait(10)
         threading.Thread(target=hold_lock, daemon=True).start()
         holding.wait(5)
+        # Let the parent's threads settle into their blocking waits first: a thread still
+        # waiting for the GIL when a hookless fork() copies the GIL's condition variable leaves
+        # the child's GIL unusable, a CPython hazard no library can repair (see README, uWSGI).
+        time.sleep(0.3)
         pid = fork()
         if pid == 0:
             counts = client.stats()                               # the child's own, from 0
