@@ -34,10 +34,10 @@ def test_script_exits_promptly_with_a_refresh_hung_in_flight() -> None:
             if len(calls) > 1:
                 hang.wait()          # the refresh never returns
             now = time.time()
-            return jwt.encode({"iat": now - 50, "exp": now + 10}, "k" * 32, algorithm="HS256")
+            return jwt.encode({"iat": now - 35, "exp": now + 25}, "k" * 32, algorithm="HS256")
         client = swr_token.TokenClient(source)
-        client.get_token("s")        # 10 s left: stale, so this read starts a refresh...
-        client.get_token("s")
+        client.get_token("s")        # 25 s left: fresh on arrival (no "no progress" backoff)
+        client.get_token("s", background_refresh_threshold=30)  # stale: starts a refresh...
         t0 = time.monotonic()
         # Stale on arrival, the key backs off ("no progress"); the refresh starts about 5 s
         # on (the poller, as the token nears its margin). A 5 s bound raced that; 10 s does not.
