@@ -450,7 +450,7 @@ class TokenClient:
             if self._closed:
                 return
             if self._cache.rebase_if_clocks_moved():
-                _log.debug("swr_token: the machine was suspended or the wall clock stepped; "
+                _log.debug("the machine was suspended or the wall clock stepped; "
                            "the fresh-token bounds follow the clocks again")
             due = self._cache.pop_due(now)
         for entry in due:

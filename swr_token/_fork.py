@@ -62,11 +62,11 @@ class PidWatch:
             first.wait(_RESET_WAIT)
             return
         try:
-            _log.info("swr_token: running in a forked process that ran no at-fork hook "
+            _log.info("running in a forked process that ran no at-fork hook "
                       "(pid %d); resetting the client as after os.fork()", pid)
             client._after_fork_in_child()
         except Exception:  # pragma: no cover - must never break the child
-            _log.exception("swr_token: resetting a client after fork failed")
+            _log.exception("resetting a client after fork failed")
         finally:
             self.pid = pid
             done.set()
