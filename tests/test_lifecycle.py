@@ -143,6 +143,56 @@ def test_fork_with_a_fetch_in_flight_and_a_lock_held(fork: str) -> None:
     assert "parent hits True" in result.stdout
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threads_racing_into_a_hookless_fork_reset_it_once() -> None:
+    """Eight threads of a child forked without hooks call at once: one resets the client,
+    the others wait for it, and they share one fresh fetch."""
+    result = _run("""
+        import ctypes, os, threading, time, swr_token
+        parent = os.getpid()
+        release = threading.Event()
+        child_calls = []
+        def source(req):
+            if os.getpid() == parent:
+                release.wait(10)
+            else:
+                child_calls.append(req.session_id)
+                time.sleep(0.2)  # long enough for every thread to join this fetch
+            return swr_token.Token(f"tok-{os.getpid()}", expires_in=300)
+        client = swr_token.TokenClient(source)
+        threading.Thread(target=client.get_token, args=("k",), daemon=True).start()
+        t0 = time.monotonic()
+        while client.stats()["in_flight"] == 0 and time.monotonic() - t0 < 5:
+            time.sleep(0.005)
+        pid = ctypes.PyDLL(None).fork()
+        if pid == 0:
+            barrier = threading.Barrier(8, timeout=5)
+            got = []
+            def call():
+                barrier.wait()
+                got.append(client.get_token("k", timeout=5))
+            threads = [threading.Thread(target=call) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            ok = got == [f"tok-{os.getpid()}"] * 8 and child_calls == ["k"]
+            os._exit(0 if ok else 3)
+        release.set()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("child", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, 9)
+            print("child deadlocked")
+    """, timeout=40)
+    assert "child 0" in result.stdout, result.stdout + result.stderr
+
+
 def test_close_is_idempotent_and_fast_with_a_request_in_flight(clock: FakeClock) -> None:
     source = FakeSource(clock)
     source.gate = threading.Event()
