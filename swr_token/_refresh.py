@@ -258,6 +258,11 @@ class Refresher:
                 self.parking.release()
             self._succeed(flight, token, issued)
             return
+        if self.closed:
+            # Closed while this attempt ran: its callers were already released, and a failure
+            # now (often the issuer torn down with the client) is news to no one.
+            self._retire(flight)
+            return
         now = self.clock.deadline()
         transient = isinstance(error, TokenFetchError)
         if transient:

@@ -298,3 +298,38 @@ def test_a_client_dropped_without_close_is_collected_and_its_poller_stops() -> N
     from .conftest import wait_until
 
     wait_until(lambda: not poller.is_alive(), timeout=5)  # idle, then gone
+
+
+def test_an_attempt_failing_after_close_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """close() releases the callers at once; the attempt still running fails later (the
+    issuer went down with the app): that failure is news to no one and must not be logged."""
+    entered, release = threading.Event(), threading.Event()
+
+    def source(request: object) -> str:
+        entered.set()
+        release.wait(WAIT)
+        raise TokenFetchError("the issuer went away")
+
+    client = TokenClient(source)
+    caller_error: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            client.get_token("s")
+        except BaseException as exc:  # recorded for the assertion
+            caller_error.append(exc)
+
+    waiting = threading.Thread(target=caller)
+    waiting.start()
+    assert entered.wait(WAIT)
+    client.close()
+    waiting.join(WAIT)
+    assert isinstance(caller_error[0], ClientClosedError)
+    fetchers = [t for t in threading.enumerate() if t.name.startswith("swr-token-fetch")]
+    with caplog.at_level(logging.DEBUG, logger="swr_token"):
+        release.set()
+        for thread in fetchers:
+            thread.join(WAIT)
+            assert not thread.is_alive()
+    assert fetchers
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
