@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import time
 import weakref
@@ -21,6 +20,7 @@ import cachetools
 import requests
 import requests.auth
 
+from ._checks import seconds
 from ._client import TokenClient
 from ._errors import ConfigurationError
 from ._http import check_url
@@ -157,12 +157,8 @@ class BearerAuth(requests.auth.AuthBase):
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if (isinstance(min_refresh_interval, bool)
-                or not isinstance(min_refresh_interval, int | float)
-                or not math.isfinite(min_refresh_interval) or min_refresh_interval < 0):
-            raise ConfigurationError(
-                "min_refresh_interval must be a number of seconds >= 0 (0: no throttle), got "
-                f"{min_refresh_interval!r}")
+        interval = seconds("min_refresh_interval", min_refresh_interval,
+                           hint="0: no throttle")
         if not (callable(getattr(client, "get_token", None))
                 and callable(getattr(client, "invalidate", None))):
             raise ConfigurationError("client must be a swr_token.TokenClient")
@@ -177,7 +173,7 @@ class BearerAuth(requests.auth.AuthBase):
         self._client = client
         self._key = TokenRequest(session_id, template, organization_id, audience)
         self._origins = parsed
-        self._interval = float(min_refresh_interval)
+        self._interval = interval
         self._clock = clock
         self._throttle = _throttle_for(client) if isinstance(client, TokenClient) \
             else _RefreshThrottle()

@@ -24,6 +24,7 @@ import requests
 import requests.auth
 import urllib3.util
 
+from ._checks import seconds
 from ._errors import ConfigurationError, TokenFetchError, TokenRejectedError
 from ._request import attempt_budget
 from ._version import __version__
@@ -274,21 +275,12 @@ def check_limits(
     *, total_timeout: float, max_body: int, max_retry_after: float
 ) -> tuple[float, int, float]:
     """Validate the hostile-input bounds every HTTP source and the verifier take."""
-    if not _positive(total_timeout):
-        raise ConfigurationError(
-            "total_timeout must be a positive number of seconds: one deadline for connect, "
-            "headers and body, so a trickling issuer cannot hold a fetch"
-        )
+    total = seconds("total_timeout", total_timeout, allow_zero=False,
+                    hint="one deadline for connect, headers and body, so a trickling issuer "
+                    "cannot hold a fetch")
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
         raise ConfigurationError("max_body must be a whole number of bytes, at least 1024")
-    if not _positive(max_retry_after):
-        raise ConfigurationError("max_retry_after must be a positive number of seconds")
-    return float(total_timeout), max_body, float(max_retry_after)
-
-
-def _positive(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0)
+    return total, max_body, seconds("max_retry_after", max_retry_after, allow_zero=False)
 
 
 class Transport:

@@ -27,6 +27,7 @@ import jwt
 import requests
 
 from . import _fork
+from ._checks import seconds
 from ._errors import ConfigurationError, InvalidTokenError, TokenError, TokenFetchError
 from ._http import (
     DEFAULT_MAX_BODY,
@@ -180,9 +181,9 @@ class JWKSVerifier:
         self._algorithms = _allowlist(algorithms)
         self._issuer = _names("issuer", issuer)
         self._audience = _names("audience", audience)
-        self._leeway = _seconds("leeway", leeway)
-        self._cache_for = _seconds("cache_keys_for", cache_keys_for)
-        self._cooldown = _seconds("refetch_cooldown", refetch_cooldown)
+        self._leeway = seconds("leeway", leeway)
+        self._cache_for = seconds("cache_keys_for", cache_keys_for)
+        self._cooldown = seconds("refetch_cooldown", refetch_cooldown)
         pair = check_timeout(timeout)
         limits = check_limits(total_timeout=total_timeout, max_body=max_body,
                               max_retry_after=max_retry_after)
@@ -451,10 +452,3 @@ def _names(what: str, value: str | Iterable[str] | None) -> str | tuple[str, ...
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ConfigurationError(f"{what} must be a non-empty string, several, or None")
     return names
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value < 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0")
-    return float(value)
