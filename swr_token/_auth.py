@@ -28,7 +28,7 @@ from ._request import TokenRequest
 
 __all__ = ["BearerAuth", "bearer_session"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("swr_token")
 
 Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}

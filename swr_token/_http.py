@@ -58,7 +58,7 @@ __all__ = [
     "secret_forms",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("swr_token")
 
 USER_AGENT = f"swr_token/{__version__}"
 #: (connect, read) seconds: a connect a little over a multiple of 3 s (TCP's retransmit).

@@ -448,7 +448,7 @@ def test_timeouts_are_checked(timeout: object) -> None:
 
 
 def test_verify_false_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="swr_token._http"):
+    with caplog.at_level(logging.WARNING, logger="swr_token"):
         ClerkBackendSource(SECRET, verify=False).close()
     assert "verify=False" in caplog.text
     assert_no_secret(caplog.text)

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Handler", "Server", "number"]
 
-# One logger for the whole issuer, as before the wire code had a module of its own.
-logger = logging.getLogger("swr_token.testing._issuer")
+# The testing package's own logger: a child of the library's, so a test that captures
+# "swr_token" sees the issuer's lines too, and one that wants only the library filters them.
+logger = logging.getLogger("swr_token.testing")
 
 _CLERK_PATH = re.compile(r"^/v1/sessions/([^/]+)/tokens(?:/([^/]+))?$")
 _CLERK_CODES = {401: "authentication_invalid", 403: "authorization_invalid",
