@@ -13,7 +13,6 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,8 +32,8 @@ from ._wire import (
     Answer,
     BodyTooLarge,
     DeadlinePassed,
+    ForkSafeSession,
     exchange,
-    new_session,
 )
 
 __all__ = [
@@ -56,11 +55,14 @@ __all__ = [
     "parse_http_date",
     "parse_retry_after",
     "secret_forms",
+    "send",
 ]
 
 logger = logging.getLogger("swr_token")
 
 USER_AGENT = f"swr_token/{__version__}"
+_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json",
+            "Accept-Encoding": "identity"}
 #: (connect, read) seconds: a connect a little over a multiple of 3 s (TCP's retransmit).
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
 #: Seconds one attempt may take in all (connect, TLS, headers, body): a trickling issuer ends.
@@ -292,8 +294,7 @@ class Transport:
     ``Retry-After`` of at most ``max_retry_after`` seconds.
     """
 
-    __slots__ = ("_hint", "_limits", "_owned", "_pid", "_secrets", "_session", "_timeout",
-                 "_verify")
+    __slots__ = ("_hint", "_limits", "_secrets", "_session", "_timeout", "_verify")
 
     def __init__(
         self,
@@ -319,21 +320,16 @@ class Transport:
         self._verify: bool | str | None = None if verify is True else verify
         self._secrets = secret_forms(secrets)
         self._hint = hint
-        self._owned = session is None
-        self._session = session if session is not None else new_session()
-        self._pid = os.getpid()
+        self._session = ForkSafeSession(session)
 
     @property
     def session(self) -> requests.Session:
         """The session in use (the caller's, or one made here)."""
-        if self._owned and self._pid != os.getpid():
-            self._session, self._pid = new_session(), os.getpid()
-        return self._session
+        return self._session.get()
 
     def close(self) -> None:
         """Close the session if it was made here; a caller's session is left alone."""
-        if self._owned:
-            self._session.close()
+        self._session.close()
 
     def scrub(self, text: str) -> str:
         """``text`` without any secret, any JWT-looking string, newlines, or excess length.
@@ -374,24 +370,10 @@ class Transport:
             budget += 0.5
             total_timeout = max(total_timeout, budget)
             timeout = (timeout[0], max(timeout[1], budget))
-        try:
-            answer = exchange(
-                self.session, "POST", url, total_timeout=total_timeout, max_body=max_body,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json",
-                         "Accept-Encoding": "identity"},
-                auth=_Authorization(authorization),
-                data=data,
-                json=json_body,
-                timeout=timeout,
-                verify=self._verify,
-                allow_redirects=False,
-            )
-        except Exception as exc:
-            error = network_error(exc, what, timeout=timeout,
-                                  total_timeout=total_timeout, max_body=max_body)
-            if error is exc:
-                raise
-            raise error from cause_of(exc)
+        answer = send(self.session, "POST", url, what=what, timeout=timeout,
+                      total_timeout=total_timeout, max_body=max_body,
+                      auth=_Authorization(authorization), data=data, json=json_body,
+                      verify=self._verify)
         return self._outcome(answer, what)
 
     def _outcome(self, answer: Answer, what: str) -> tuple[int, dict[str, Any], float | None]:
@@ -449,6 +431,26 @@ def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
             forms.add(form)
             forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form))
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def send(session: requests.Session, method: str, url: str, *, what: str,
+         timeout: tuple[float, float], total_timeout: float, max_body: int,
+         **kwargs: Any) -> Answer:
+    """One bounded exchange with an issuer, JSON asked for, no redirect followed.
+
+    An attempt that gets no whole answer raises :func:`network_error`'s
+    :class:`TokenFetchError` naming ``what``, chained only as :func:`cause_of` allows.
+    """
+    try:
+        return exchange(session, method, url, total_timeout=total_timeout, max_body=max_body,
+                        headers=dict(_HEADERS), timeout=timeout, allow_redirects=False,
+                        **kwargs)
+    except Exception as exc:
+        error = network_error(exc, what, timeout=timeout, total_timeout=total_timeout,
+                              max_body=max_body)
+        if error is exc:
+            raise
+        raise error from cause_of(exc)
 
 
 def cause_of(exc: BaseException) -> BaseException | None:

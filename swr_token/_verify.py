@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,18 +31,16 @@ from ._errors import ConfigurationError, InvalidTokenError, TokenError, TokenFet
 from ._http import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_RETRY_AFTER,
-    USER_AGENT,
-    cause_of,
     check_limits,
     check_timeout,
     check_url,
     display_url,
-    network_error,
     parse_http_date,
     parse_retry_after,
+    send,
 )
 from ._token import Token, fingerprint
-from ._wire import exchange, new_session
+from ._wire import ForkSafeSession
 
 __all__ = ["JWKSVerifier"]
 
@@ -79,38 +76,16 @@ class _JWKSFetcher(jwt.PyJWKClient):
         super().__init__(url, cache_keys=False, cache_jwk_set=False, timeout=timeout[1])
         self._pair = timeout
         self._limits = limits
-        self._own = session is None
-        self._session = session
-        self._pid = os.getpid()
-
-    def _http(self) -> requests.Session:
-        # A session made here is replaced after fork: a child never shares a parent's socket.
-        if self._session is None or (self._own and self._pid != os.getpid()):
-            self._session, self._pid = new_session(pool_maxsize=4), os.getpid()
-        return self._session
+        self._session = ForkSafeSession(session, pool_maxsize=4)
 
     def close(self) -> None:
-        if self._own and self._session is not None:
-            self._session.close()
-            self._session = None
+        self._session.close()
 
     def fetch_data(self) -> Any:
         where = f"the JWKS request to {display_url(self.uri)}"
         total_timeout, max_body, max_retry_after = self._limits
-        try:
-            answer = exchange(
-                self._http(), "GET", self.uri, total_timeout=total_timeout, max_body=max_body,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json",
-                         "Accept-Encoding": "identity"},
-                timeout=self._pair,
-                allow_redirects=False,
-            )
-        except Exception as exc:
-            error = network_error(exc, where, timeout=self._pair, total_timeout=total_timeout,
-                                  max_body=max_body)
-            if error is exc:
-                raise
-            raise error from cause_of(exc)
+        answer = send(self._session.get(), "GET", self.uri, what=where, timeout=self._pair,
+                      total_timeout=total_timeout, max_body=max_body)
         status = answer.status
         if status != 200:
             retry_after = parse_retry_after(

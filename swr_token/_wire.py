@@ -34,6 +34,7 @@ __all__ = [
     "Answer",
     "BodyTooLarge",
     "DeadlinePassed",
+    "ForkSafeSession",
     "exchange",
     "new_session",
 ]
@@ -210,6 +211,33 @@ def new_session(*, pool_maxsize: int = 32) -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+class ForkSafeSession:
+    """The caller's session as given, or one made here and made anew after ``os.fork()``: a
+    child never shares its parent's keep-alive sockets (a caller's session is theirs to
+    manage)."""
+
+    __slots__ = ("_owned", "_pid", "_pool_maxsize", "_session")
+
+    def __init__(self, session: requests.Session | None, *, pool_maxsize: int = 32) -> None:
+        self._owned = session is None
+        self._pool_maxsize = pool_maxsize
+        self._session = session if session is not None else new_session(
+            pool_maxsize=pool_maxsize)
+        self._pid = os.getpid()
+
+    def get(self) -> requests.Session:
+        """The session to send through in this process."""
+        if self._owned and self._pid != os.getpid():
+            self._session = new_session(pool_maxsize=self._pool_maxsize)
+            self._pid = os.getpid()
+        return self._session
+
+    def close(self) -> None:
+        """Close the session if it was made here; a caller's session is left alone."""
+        if self._owned:
+            self._session.close()
 
 
 def exchange(
