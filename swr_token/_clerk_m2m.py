@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -21,14 +20,13 @@ from ._http import (
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_TIMEOUT,
     DEFAULT_TOTAL_TIMEOUT,
-    Transport,
     check_url,
     display_url,
     generic_hint,
 )
 from ._identity import M2M_DEFAULT_SECONDS, clerk_m2m_identity
 from ._request import TokenRequest
-from ._sources import _credential, _HttpSource, _reject, _token
+from ._sources import _HttpSource, _reject, _secret_from_env, _token
 from ._token import Token
 
 __all__ = [
@@ -94,12 +92,8 @@ class ClerkM2MSource(_HttpSource):
     ) -> None:
         how = ("pass machine_secret_key= or set the CLERK_MACHINE_SECRET_KEY environment "
                "variable to a machine's secret key (ak_...) from the Clerk Dashboard")
-        if machine_secret_key is None:
-            machine_secret_key = os.environ.get("CLERK_MACHINE_SECRET_KEY")
-            if not machine_secret_key:
-                raise ConfigurationError(f"no Clerk machine secret key was given; {how}")
-        key = _credential(machine_secret_key, name="the Clerk machine secret key", how=how,
-                          token68=True)
+        key = _secret_from_env(machine_secret_key, env="CLERK_MACHINE_SECRET_KEY",
+                               what="Clerk machine secret key", how=how)
         if key.startswith(("sk_live_", "sk_test_")):
             raise ConfigurationError(
                 "the Clerk machine secret key looks like an instance secret key (sk_...); "
@@ -138,8 +132,8 @@ class ClerkM2MSource(_HttpSource):
         if self._claims is not None:
             body["claims"] = self._claims
         self._body = body
-        self._transport = Transport(
-            session=session, timeout=timeout, verify=verify, secrets=(key,), hint=_m2m_hint,
+        super().__init__(
+            secrets=(key,), hint=_m2m_hint, session=session, timeout=timeout, verify=verify,
             total_timeout=total_timeout, max_body=max_body, max_retry_after=max_retry_after,
         )
 

@@ -10,7 +10,7 @@ import base64
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -30,6 +30,7 @@ from ._http import (
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_TIMEOUT,
     DEFAULT_TOTAL_TIMEOUT,
+    HintFor,
     Transport,
     check_url,
     display_url,
@@ -100,11 +101,38 @@ def _token(
         ) from exc
 
 
+class _HttpOptions(TypedDict):
+    """The HTTP arguments every built-in source takes and hands to its :class:`Transport`."""
+
+    session: requests.Session | None
+    timeout: float | tuple[float, float]
+    verify: bool | str
+    total_timeout: float
+    max_body: int
+    max_retry_after: float
+
+
+def _secret_from_env(value: str | None, *, env: str, what: str, how: str) -> str:
+    """``value``, or else the environment variable ``env``, as a bearer secret (``what``
+    names it in messages, never its value)."""
+    if value is None:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigurationError(f"no {what} was given; {how}")
+    return _credential(value, name=f"the {what}", how=how, token68=True)
+
+
 class _HttpSource:
-    """What both built-in sources share: one transport (session, timeouts, TLS)."""
+    """What the built-in sources share: one transport (session, timeouts, TLS)."""
 
     __slots__ = ("_transport",)
     _transport: Transport
+
+    def __init__(self, *, secrets: Iterable[str], hint: HintFor,
+                 **http: Unpack[_HttpOptions]) -> None:
+        # Last in each source's __init__: its own arguments are checked (and their errors
+        # raised) before the HTTP ones, and ``hint`` may read what they set.
+        self._transport = Transport(secrets=secrets, hint=hint, **http)
 
     @property
     def session(self) -> requests.Session:
@@ -141,14 +169,9 @@ class ClerkBackendSource(_HttpSource):
         max_body: int = DEFAULT_MAX_BODY,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
-        how = "pass secret_key= or set the CLERK_SECRET_KEY environment variable"
-        if secret_key is None:
-            secret_key = os.environ.get("CLERK_SECRET_KEY")
-            if not secret_key:
-                raise ConfigurationError(f"no Clerk secret key was given; {how}")
-        self._secret_key = _credential(
-            secret_key, name="the Clerk secret key", how=how, token68=True
-        )
+        self._secret_key = _secret_from_env(
+            secret_key, env="CLERK_SECRET_KEY", what="Clerk secret key",
+            how="pass secret_key= or set the CLERK_SECRET_KEY environment variable")
         self._api_url = check_url(api_url, name="api_url").rstrip("/")
         if expires_in_seconds is not None and (
             isinstance(expires_in_seconds, bool)
@@ -157,9 +180,9 @@ class ClerkBackendSource(_HttpSource):
         ):
             raise ConfigurationError("expires_in_seconds must be a positive whole number or None")
         self._expires_in_seconds = expires_in_seconds
-        self._transport = Transport(
-            session=session, timeout=timeout, verify=verify, secrets=(self._secret_key,),
-            hint=self._hint, total_timeout=total_timeout, max_body=max_body,
+        super().__init__(
+            secrets=(self._secret_key,), hint=self._hint, session=session, timeout=timeout,
+            verify=verify, total_timeout=total_timeout, max_body=max_body,
             max_retry_after=max_retry_after,
         )
 
@@ -358,11 +381,12 @@ class OAuth2ClientCredentialsSource(_HttpSource):
         secrets_ = [s for s in (self._client_secret,) if s]
         if self._basic is not None:
             secrets_.append(self._basic.split(" ", 1)[1])
-        self._transport = Transport(
-            session=session, timeout=timeout, verify=verify, secrets=secrets_,
+        super().__init__(
+            secrets=secrets_,
             hint={"private_key_jwt": _assertion_hint, "client_secret_jwt": _secret_jwt_hint}.get(
                 auth_method, _oauth2_hint),
-            total_timeout=total_timeout, max_body=max_body, max_retry_after=max_retry_after,
+            session=session, timeout=timeout, verify=verify, total_timeout=total_timeout,
+            max_body=max_body, max_retry_after=max_retry_after,
         )
 
     def __call__(self, request: TokenRequest) -> Token:
