@@ -484,7 +484,7 @@ def _access_token(
             "supported",
             status=status,
         )
-    expires_in = _seconds(answer.get("expires_in"))
+    expires_in = _response_seconds(answer.get("expires_in"))
     if expires_in is None and answer.get("expires_in") is not None:
         raise InvalidTokenError(
             f"{what} got an expires_in that is not a number of seconds", status=status
@@ -496,10 +496,12 @@ def _access_token(
     )
 
 
-def _seconds(value: object) -> float | None:
-    """``expires_in`` as a number; some providers send it as a numeric string.
+def _response_seconds(value: object) -> float | None:
+    """An answer's ``expires_in`` as a number, or None if it is none; some providers send
+    it as a numeric string.
 
-    Not range-checked here: :class:`Token` refuses what is not finite, positive and sane
+    It parses what an issuer sent, not an option (that is :func:`swr_token._checks.seconds`),
+    and does not range-check it: :class:`Token` refuses what is not finite, positive and sane
     (converting a 400-digit integer to float would raise OverflowError, so it is not).
     """
     if isinstance(value, bool):
