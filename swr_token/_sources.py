@@ -304,71 +304,34 @@ class OAuth2ClientCredentialsSource(_HttpSource):
         how = "pass the client credentials registered with the authorization server"
         self._token_url = check_url(token_url, name="token_url")
         self._client_id = _credential(client_id, name="client_id", how=how)
-        if auth_method is None:
-            auth_method = "private_key_jwt" if private_key is not None else "client_secret_basic"
-        if auth_method not in _AUTH_METHODS:
-            raise ConfigurationError(f"auth_method must be one of {', '.join(_AUTH_METHODS)}")
+        auth_method = _auth_method_for(auth_method, client_secret=client_secret,
+                                       private_key=private_key)
         self._auth_method: AuthMethod = auth_method
-        uses_key = auth_method == "private_key_jwt"
-        if uses_key and client_secret is not None:
-            raise ConfigurationError(
-                "private_key_jwt authenticates with the private key; leave client_secret out")
-        if not uses_key and private_key is not None:
-            raise ConfigurationError(
-                f"private_key is for auth_method='private_key_jwt', not {auth_method!r}")
-        if auth_method not in ("private_key_jwt", "client_secret_jwt") and (
-                key_id is not None or signing_algorithm is not None
-                or assertion_audience is not None
-                or assertion_lifetime != DEFAULT_ASSERTION_LIFETIME):
-            raise ConfigurationError(
-                "key_id, signing_algorithm, assertion_audience and assertion_lifetime are for "
-                "auth_method='private_key_jwt' or 'client_secret_jwt'")
-        if uses_key:
-            if private_key is None:
-                raise ConfigurationError(
-                    "auth_method='private_key_jwt' needs private_key= (PEM text, a path, or a "
-                    "cryptography key object)")
-            self._client_secret = None
-        else:
-            if client_secret is None:
-                raise ConfigurationError(
-                    f"client_secret is missing; {how}, or use private_key= for private_key_jwt")
-            self._client_secret = _credential(client_secret, name="client_secret", how=how)
-        self._basic: str | None = None
-        self._assertion: ClientAssertion | None = None
+        _refuse_assertion_options(
+            auth_method, key_id=key_id, signing_algorithm=signing_algorithm,
+            assertion_audience=assertion_audience, assertion_lifetime=assertion_lifetime)
+        self._client_secret = _client_secret_for(auth_method, client_secret, private_key,
+                                                 how=how)
         audience_of_assertion = check_url(
             assertion_audience or self._token_url, name="assertion_audience")
-        if uses_key:
-            key = load_private_key(private_key)
-            algorithm = check_key_algorithm(key, signing_algorithm)
-            self._assertion = ClientAssertion(
-                client_id=self._client_id, audience=audience_of_assertion, algorithm=algorithm,
-                key_id=key_id, lifetime=assertion_lifetime, private_key=key)
-            self._credential_id = f"{algorithm}:{public_key_thumbprint(key)}"
-        else:
-            assert self._client_secret is not None
-            self._credential_id = self._client_secret
-            if auth_method == "client_secret_jwt":
-                if signing_algorithm not in (None, *SECRET_ALGORITHMS):
-                    raise ConfigurationError(
-                        f"client_secret_jwt signs with {', '.join(SECRET_ALGORITHMS)}; for "
-                        f"{signing_algorithm!r} use private_key_jwt with a private key")
-                self._assertion = ClientAssertion(
-                    client_id=self._client_id, audience=audience_of_assertion,
-                    algorithm="HS256", key_id=key_id, lifetime=assertion_lifetime,
-                    secret=self._client_secret)
-            elif auth_method == "client_secret_basic":
-                # RFC 6749 section 2.3.1 / Appendix B: form-urlencoded, with a space as %20
-                # (not "+"), so servers that decode with unquote and those that decode with
-                # unquote_plus both read the same id and secret.
-                pair = (f"{quote(self._client_id, safe='')}:"
-                        f"{quote(self._client_secret, safe='')}")
-                self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        if scope is not None and not isinstance(scope, str):
-            scope = " ".join(scope)
-        self._scope = scope or None
+        self._assertion, self._basic, self._credential_id = _client_authentication(
+            auth_method, self._client_id, self._client_secret, private_key,
+            key_id=key_id, signing_algorithm=signing_algorithm, lifetime=assertion_lifetime,
+            audience=audience_of_assertion)
+        self._scope = _scope_text(scope)
         self._audience = audience or None
         self._resource = _resources(resource)
+        self._extra = self._check_extra(extra_params)
+        super().__init__(
+            secrets=self._secrets(),
+            hint={"private_key_jwt": _assertion_hint, "client_secret_jwt": _secret_jwt_hint}.get(
+                auth_method, _oauth2_hint),
+            session=session, timeout=timeout, verify=verify, total_timeout=total_timeout,
+            max_body=max_body, max_retry_after=max_retry_after,
+        )
+
+    def _check_extra(self, extra_params: Mapping[str, str] | None) -> dict[str, str]:
+        """A copy of ``extra_params``, refused if it sets what an argument of ours sets."""
         extra = dict(extra_params or {})
         # extra_params={"resource": ...} predates resource=; both at once would be ambiguous.
         reserved = self._RESERVED | ({"resource"} if self._resource else set())
@@ -377,17 +340,14 @@ class OAuth2ClientCredentialsSource(_HttpSource):
             raise ConfigurationError(
                 f"extra_params may not set {', '.join(clash)}; use the matching argument"
             )
-        self._extra = extra
+        return extra
+
+    def _secrets(self) -> list[str]:
+        """What the transport scrubs from messages: the secret and the Basic credentials."""
         secrets_ = [s for s in (self._client_secret,) if s]
         if self._basic is not None:
             secrets_.append(self._basic.split(" ", 1)[1])
-        super().__init__(
-            secrets=secrets_,
-            hint={"private_key_jwt": _assertion_hint, "client_secret_jwt": _secret_jwt_hint}.get(
-                auth_method, _oauth2_hint),
-            session=session, timeout=timeout, verify=verify, total_timeout=total_timeout,
-            max_body=max_body, max_retry_after=max_retry_after,
-        )
+        return secrets_
 
     def __call__(self, request: TokenRequest) -> Token:
         """Fetch an access token for the configured scope and ``request.audience``."""
@@ -445,6 +405,99 @@ class OAuth2ClientCredentialsSource(_HttpSource):
             f"client_id={self._client_id!r}, {credential}, "
             f"auth_method={self._auth_method!r})"
         )
+
+
+def _auth_method_for(auth_method: AuthMethod | None, *, client_secret: str | None,
+                     private_key: object) -> AuthMethod:
+    """The client authentication asked for (by default, the one the credential given is
+    for); refused when the credential given is for another."""
+    if auth_method is None:
+        auth_method = "private_key_jwt" if private_key is not None else "client_secret_basic"
+    if auth_method not in _AUTH_METHODS:
+        raise ConfigurationError(f"auth_method must be one of {', '.join(_AUTH_METHODS)}")
+    uses_key = auth_method == "private_key_jwt"
+    if uses_key and client_secret is not None:
+        raise ConfigurationError(
+            "private_key_jwt authenticates with the private key; leave client_secret out")
+    if not uses_key and private_key is not None:
+        raise ConfigurationError(
+            f"private_key is for auth_method='private_key_jwt', not {auth_method!r}")
+    return auth_method
+
+
+def _refuse_assertion_options(
+    auth_method: AuthMethod, *, key_id: str | None, signing_algorithm: str | None,
+    assertion_audience: str | None, assertion_lifetime: int,
+) -> None:
+    """The assertion's options given to a method that sends no assertion are a mistake."""
+    if auth_method in ("private_key_jwt", "client_secret_jwt"):
+        return
+    if (key_id is not None or signing_algorithm is not None or assertion_audience is not None
+            or assertion_lifetime != DEFAULT_ASSERTION_LIFETIME):
+        raise ConfigurationError(
+            "key_id, signing_algorithm, assertion_audience and assertion_lifetime are for "
+            "auth_method='private_key_jwt' or 'client_secret_jwt'")
+
+
+def _client_secret_for(auth_method: AuthMethod, client_secret: str | None,
+                       private_key: object, *, how: str) -> str | None:
+    """The checked client secret (None for ``private_key_jwt``, which needs the key)."""
+    if auth_method == "private_key_jwt":
+        if private_key is None:
+            raise ConfigurationError(
+                "auth_method='private_key_jwt' needs private_key= (PEM text, a path, or a "
+                "cryptography key object)")
+        return None
+    if client_secret is None:
+        raise ConfigurationError(
+            f"client_secret is missing; {how}, or use private_key= for private_key_jwt")
+    return _credential(client_secret, name="client_secret", how=how)
+
+
+def _client_authentication(
+    auth_method: AuthMethod, client_id: str, client_secret: str | None, private_key: object,
+    *, key_id: str | None, signing_algorithm: str | None, lifetime: int, audience: str,
+) -> tuple[ClientAssertion | None, str | None, str]:
+    """How the client proves itself: ``(assertion maker, Basic header, credential id)``; the
+    credential id (the secret, or the key's algorithm and thumbprint) feeds the identity."""
+    if auth_method == "private_key_jwt":
+        key = load_private_key(private_key)
+        algorithm = check_key_algorithm(key, signing_algorithm)
+        assertion = ClientAssertion(
+            client_id=client_id, audience=audience, algorithm=algorithm, key_id=key_id,
+            lifetime=lifetime, private_key=key)
+        return assertion, None, f"{algorithm}:{public_key_thumbprint(key)}"
+    assert client_secret is not None
+    if auth_method == "client_secret_jwt":
+        if signing_algorithm not in (None, *SECRET_ALGORITHMS):
+            raise ConfigurationError(
+                f"client_secret_jwt signs with {', '.join(SECRET_ALGORITHMS)}; for "
+                f"{signing_algorithm!r} use private_key_jwt with a private key")
+        assertion = ClientAssertion(
+            client_id=client_id, audience=audience, algorithm="HS256", key_id=key_id,
+            lifetime=lifetime, secret=client_secret)
+        return assertion, None, client_secret
+    if auth_method == "client_secret_basic":
+        return None, _basic_authorization(client_id, client_secret), client_secret
+    return None, None, client_secret  # client_secret_post: sent in the form
+
+
+def _basic_authorization(client_id: str, client_secret: str) -> str:
+    """The ``Authorization`` value for ``client_secret_basic``.
+
+    RFC 6749 section 2.3.1 / Appendix B: form-urlencoded, with a space as %20 (not "+"), so
+    servers that decode with unquote and those that decode with unquote_plus both read the
+    same id and secret.
+    """
+    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def _scope_text(scope: str | Iterable[str] | None) -> str | None:
+    """``scope`` as the space-separated string sent, or None for none."""
+    if scope is not None and not isinstance(scope, str):
+        scope = " ".join(scope)
+    return scope or None
 
 
 def _resources(resource: str | Iterable[str] | None) -> tuple[str, ...]:
