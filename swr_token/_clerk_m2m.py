@@ -90,52 +90,32 @@ class ClerkM2MSource(_HttpSource):
         max_body: int = DEFAULT_MAX_BODY,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
-        how = ("pass machine_secret_key= or set the CLERK_MACHINE_SECRET_KEY environment "
-               "variable to a machine's secret key (ak_...) from the Clerk Dashboard")
-        key = _secret_from_env(machine_secret_key, env="CLERK_MACHINE_SECRET_KEY",
-                               what="Clerk machine secret key", how=how)
-        if key.startswith(("sk_live_", "sk_test_")):
-            raise ConfigurationError(
-                "the Clerk machine secret key looks like an instance secret key (sk_...); "
-                f"M2M tokens are created with a machine's own secret key: {how}"
-            )
-        self._machine_secret_key = key
+        self._machine_secret_key = key = _machine_secret_key(machine_secret_key)
         self._api_url = check_url(api_url, name="api_url").rstrip("/")
         if token_format not in ("jwt", "opaque"):
             raise ConfigurationError("token_format must be 'jwt' or 'opaque'")
         self._token_format: TokenFormat = token_format
-        if seconds_until_expiration is not None and (
-            isinstance(seconds_until_expiration, bool)
-            or not isinstance(seconds_until_expiration, int)
-            or seconds_until_expiration <= 0
-        ):
-            raise ConfigurationError(
-                "seconds_until_expiration must be a positive whole number of seconds, or None "
-                f"for the default ({DEFAULT_SECONDS_UNTIL_EXPIRATION})"
-            )
-        if non_expiring and seconds_until_expiration is not None:
-            raise ConfigurationError(
-                "non_expiring=True asks for tokens that never expire; leave "
-                "seconds_until_expiration unset with it"
-            )
-        self._seconds: int | None = None if non_expiring else (
-            seconds_until_expiration or DEFAULT_SECONDS_UNTIL_EXPIRATION)
+        self._seconds = _lifetime_asked(seconds_until_expiration, non_expiring=non_expiring)
         # A token that comes back without an expiration is kept no longer than was asked for
         # (or, asked for none, the documented bound).
         self._life_if_unknown = float(
             NON_EXPIRING_CACHE_LIFE if self._seconds is None
             else min(self._seconds, NON_EXPIRING_CACHE_LIFE))
         self._claims = self._check_claims(claims)
-        body: dict[str, Any] = {"token_format": token_format}
-        if self._seconds is not None:
-            body["seconds_until_expiration"] = self._seconds
-        if self._claims is not None:
-            body["claims"] = self._claims
-        self._body = body
+        self._body = self._request_body()
         super().__init__(
             secrets=(key,), hint=_m2m_hint, session=session, timeout=timeout, verify=verify,
             total_timeout=total_timeout, max_body=max_body, max_retry_after=max_retry_after,
         )
+
+    def _request_body(self) -> dict[str, Any]:
+        """The JSON sent with every creation: the format, and the lifetime and claims if any."""
+        body: dict[str, Any] = {"token_format": self._token_format}
+        if self._seconds is not None:
+            body["seconds_until_expiration"] = self._seconds
+        if self._claims is not None:
+            body["claims"] = self._claims
+        return body
 
     @staticmethod
     def _check_claims(claims: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -234,6 +214,45 @@ class ClerkM2MSource(_HttpSource):
         return (f"ClerkM2MSource(api_url={display_url(self._api_url)!r}, "
                 f"token_format={self._token_format!r}, "
                 f"seconds_until_expiration={self._seconds!r}, machine_secret_key='***')")
+
+
+_KEY_HOW = ("pass machine_secret_key= or set the CLERK_MACHINE_SECRET_KEY environment "
+            "variable to a machine's secret key (ak_...) from the Clerk Dashboard")
+
+
+def _machine_secret_key(value: str | None) -> str:
+    """The machine secret key given (or from the environment), refused if it is an
+    instance's secret key: that one mints session tokens, not M2M tokens."""
+    key = _secret_from_env(value, env="CLERK_MACHINE_SECRET_KEY",
+                           what="Clerk machine secret key", how=_KEY_HOW)
+    if key.startswith(("sk_live_", "sk_test_")):
+        raise ConfigurationError(
+            "the Clerk machine secret key looks like an instance secret key (sk_...); "
+            f"M2M tokens are created with a machine's own secret key: {_KEY_HOW}"
+        )
+    return key
+
+
+def _lifetime_asked(seconds_until_expiration: int | None, *, non_expiring: bool) -> int | None:
+    """The ``seconds_until_expiration`` to send: the one given, the default, or None for
+    tokens that never expire."""
+    if seconds_until_expiration is not None and (
+        isinstance(seconds_until_expiration, bool)
+        or not isinstance(seconds_until_expiration, int)
+        or seconds_until_expiration <= 0
+    ):
+        raise ConfigurationError(
+            "seconds_until_expiration must be a positive whole number of seconds, or None "
+            f"for the default ({DEFAULT_SECONDS_UNTIL_EXPIRATION})"
+        )
+    if non_expiring and seconds_until_expiration is not None:
+        raise ConfigurationError(
+            "non_expiring=True asks for tokens that never expire; leave "
+            "seconds_until_expiration unset with it"
+        )
+    if non_expiring:
+        return None
+    return seconds_until_expiration or DEFAULT_SECONDS_UNTIL_EXPIRATION
 
 
 def _m2m_hint(status: int, code: str | None) -> str:
