@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import SplitResult, quote, quote_plus, urlsplit
 
 import requests
 import requests.auth
@@ -108,12 +108,31 @@ def check_url(url: str, *, name: str) -> str:
     standard library would read another host out of it (``http://evil\\@localhost/``). A URL
     with credentials in its user-info or query is refused; messages never show either.
     """
+    _check_plain(url, name)
+    parts, wire = _parse_both(url, name)
+    _refuse_credentials(parts, wire, name)
+    host = (parts.hostname or "").lower()
+    wire_host = (wire.host or "").strip("[]").lower()
+    if host != wire_host or (wire.scheme or "") != parts.scheme:
+        raise ConfigurationError(
+            f"{name} is ambiguous: its host reads differently to different URL parsers; "
+            "write it plainly, as https://HOST[:PORT]/PATH")
+    _check_scheme(parts.scheme, host, name)
+    return url
+
+
+def _check_plain(url: object, name: str) -> None:
+    """A non-empty string with nothing that parsers read differently or a log would hide."""
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"{name} must be a non-empty https:// URL")
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 or ch == "\\" for ch in url):
         raise ConfigurationError(
             f"{name} contains a backslash, whitespace or a control character; write the "
             "URL plainly, as https://HOST[:PORT]/PATH")
+
+
+def _parse_both(url: str, name: str) -> tuple[SplitResult, urllib3.util.Url]:
+    """``url`` as the standard library reads it and as ``requests`` will connect to it."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - validates the port
@@ -122,6 +141,11 @@ def check_url(url: str, *, name: str) -> str:
         raise ConfigurationError(
             f"{name} has an invalid host or port; use https://HOST[:PORT]/..."
         ) from None
+    return parts, wire
+
+
+def _refuse_credentials(parts: SplitResult, wire: urllib3.util.Url, name: str) -> None:
+    """Credentials belong in a source's arguments: a URL is shown and logged."""
     if parts.username is not None or parts.password is not None or wire.auth is not None \
             or "@" in parts.netloc:
         raise ConfigurationError(
@@ -132,17 +156,15 @@ def check_url(url: str, *, name: str) -> str:
         raise ConfigurationError(
             f"{name} has a credential-like parameter in its query string; remove it and pass "
             "credentials as the source's own arguments")
-    host = (parts.hostname or "").lower()
-    wire_host = (wire.host or "").strip("[]").lower()
-    if host != wire_host or (wire.scheme or "") != parts.scheme:
-        raise ConfigurationError(
-            f"{name} is ambiguous: its host reads differently to different URL parsers; "
-            "write it plainly, as https://HOST[:PORT]/PATH")
-    if parts.scheme == "https" and host:
-        return url
-    if parts.scheme == "http" and host and _is_loopback(host):
-        return url
-    if parts.scheme == "http":
+
+
+def _check_scheme(scheme: str, host: str, name: str) -> None:
+    """``https://`` with a host, or plain ``http://`` to a loopback host only."""
+    if scheme == "https" and host:
+        return
+    if scheme == "http" and host and _is_loopback(host):
+        return
+    if scheme == "http":
         raise ConfigurationError(
             f"{name} uses plain http:// to {host!r}, which would send credentials and tokens "
             "unencrypted; use https:// (plain http:// is allowed only to loopback addresses)"
@@ -380,24 +402,14 @@ class Transport:
         status = answer.status
         server_time = parse_http_date(answer.headers.get("Date"))
         if 200 <= status < 300:
-            parsed = _json(answer.body)
-            if parsed is _UNPARSEABLE:
-                raise TokenFetchError(
-                    f"{what} got HTTP {status} with a body that is not JSON; check that the "
-                    "URL is the token endpoint (a proxy in between may also have answered)",
-                    status=status,
-                )
-            # Parsed but not an object: the caller finds no token in it (InvalidTokenError).
-            return status, parsed if isinstance(parsed, dict) else {}, server_time
-        # An error body is only parsed when small: its code and description are a courtesy.
-        parsed = _json(answer.body) if len(answer.body) <= _ERROR_BODY_MAX else None
-        code, detail = error_code(parsed if isinstance(parsed, dict) else None)
-        code = code[:80] if code else None
-        message = f"{what} failed with HTTP {status}"
-        if code:
-            message += f" ({self.scrub(code)})"
-        if detail:
-            message += f": {self.scrub(detail)}"
+            return status, _success_body(answer, what), server_time
+        raise self._failure(answer, what, server_time)
+
+    def _failure(self, answer: Answer, what: str,
+                 server_time: float | None) -> TokenFetchError | TokenRejectedError:
+        """The typed error for a non-2xx answer: transient (retried) or a rejection."""
+        status = answer.status
+        message, code = self._error_message(answer, what)
         if status in _TRANSIENT or 500 <= status < 600:
             retry_after = parse_retry_after(
                 answer.headers.get("Retry-After"), server_time=server_time,
@@ -405,7 +417,7 @@ class Transport:
             )
             if retry_after is not None:
                 message += f"; retry after {retry_after:g} s"
-            raise TokenFetchError(
+            return TokenFetchError(
                 f"{message}; {self._hint(status, code)}",
                 status=status,
                 code=code,
@@ -415,7 +427,33 @@ class Transport:
             hint = "the URL redirects; configure the final https:// URL (no redirects followed)"
         else:
             hint = self._hint(status, code)
-        raise TokenRejectedError(f"{message}; {hint}", status=status, code=code)
+        return TokenRejectedError(f"{message}; {hint}", status=status, code=code)
+
+    def _error_message(self, answer: Answer, what: str) -> tuple[str, str | None]:
+        """``(message, code)``: the status, and the issuer's code and words, scrubbed."""
+        # An error body is only parsed when small: its code and description are a courtesy.
+        parsed = _json(answer.body) if len(answer.body) <= _ERROR_BODY_MAX else None
+        code, detail = error_code(parsed if isinstance(parsed, dict) else None)
+        code = code[:80] if code else None
+        message = f"{what} failed with HTTP {answer.status}"
+        if code:
+            message += f" ({self.scrub(code)})"
+        if detail:
+            message += f": {self.scrub(detail)}"
+        return message, code
+
+
+def _success_body(answer: Answer, what: str) -> dict[str, Any]:
+    """A 2xx answer's JSON object; ``{}`` for JSON that is not one (the caller finds no token
+    in it: InvalidTokenError); an unparseable body is a :class:`TokenFetchError`."""
+    parsed = _json(answer.body)
+    if parsed is _UNPARSEABLE:
+        raise TokenFetchError(
+            f"{what} got HTTP {answer.status} with a body that is not JSON; check that the "
+            "URL is the token endpoint (a proxy in between may also have answered)",
+            status=answer.status,
+        )
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
