@@ -181,6 +181,18 @@ class JWKSVerifier:
         if not isinstance(raw, str):
             raise InvalidTokenError("only a JWT string or a swr_token.Token can be verified")
         name = f"token {fingerprint(raw)}"
+        alg, kid = self._header_of(raw, name)
+        key = self._key_for(kid, name)
+        if key.algorithm_name != alg:
+            raise InvalidTokenError(
+                f"{name} refused: it says {alg} but the JWKS key {(kid or '')[:40]!r} is for "
+                f"{key.algorithm_name}; a key is only used with its own algorithm"
+            )
+        self._decode(raw, key, name)
+
+    def _header_of(self, raw: str, name: str) -> tuple[str, str | None]:
+        """The token's ``(alg, kid)``, read unverified; an algorithm not allowed is refused
+        before any key is looked up."""
         try:
             header = jwt.get_unverified_header(raw)
         except jwt.PyJWTError:
@@ -198,12 +210,10 @@ class JWKSVerifier:
             )
         if kid is not None and not isinstance(kid, str):
             raise InvalidTokenError(f"{name} refused: its 'kid' header is not a string")
-        key = self._key_for(kid, name)
-        if key.algorithm_name != alg:
-            raise InvalidTokenError(
-                f"{name} refused: it says {alg} but the JWKS key {(kid or '')[:40]!r} is for "
-                f"{key.algorithm_name}; a key is only used with its own algorithm"
-            )
+        return alg, kid
+
+    def _decode(self, raw: str, key: jwt.PyJWK, name: str) -> None:
+        """Check the signature with ``key`` and the claims (exp required, nbf, iss, aud)."""
         try:
             jwt.decode(
                 raw,
@@ -285,28 +295,43 @@ class JWKSVerifier:
 
     def _download(self, *, after: int, forced: bool) -> _KeySet:
         """A key set newer than generation ``after``: one download shared by all callers."""
-        future: Future[_KeySet] | None = None
         with self._lock:
             keys = self._keys
             if keys is not None and keys.generation > after:
                 return keys
             pending = self._pending
             if pending is None:
-                now = self._clock()
-                if forced and keys is not None and now - self._last_forced < self._cooldown:
+                if self._refetch_refused(forced, keys):
+                    assert keys is not None
                     return keys  # a refetch just happened: do not let bad kids hammer it
-                if forced:
-                    self._last_forced = now
-                self._pending = future = Future()
-        if future is None:
-            assert pending is not None
-            try:
-                return pending.result(timeout=self._wait_limit)
-            except FuturesTimeout:
-                raise TokenFetchError(
-                    f"timed out waiting for the JWKS at {display_url(self._url)}; check "
-                    "jwks_url and the issuer's health"
-                ) from None
+                future: Future[_KeySet] = Future()
+                self._pending = future
+        if pending is not None:
+            return self._wait_for(pending)
+        return self._run_download(future)
+
+    def _refetch_refused(self, forced: bool, keys: _KeySet | None) -> bool:
+        """Under ``_lock``: True if a forced refetch comes within ``refetch_cooldown`` of the
+        last one and there are keys to answer with; else a forced one is noted as the last."""
+        now = self._clock()
+        if forced and keys is not None and now - self._last_forced < self._cooldown:
+            return True
+        if forced:
+            self._last_forced = now
+        return False
+
+    def _wait_for(self, pending: Future[_KeySet]) -> _KeySet:
+        """The result of the download another caller runs, waited for within a bound."""
+        try:
+            return pending.result(timeout=self._wait_limit)
+        except FuturesTimeout:
+            raise TokenFetchError(
+                f"timed out waiting for the JWKS at {display_url(self._url)}; check "
+                "jwks_url and the issuer's health"
+            ) from None
+
+    def _run_download(self, future: Future[_KeySet]) -> _KeySet:
+        """Download for everyone waiting on ``future``; it always ends, whatever happens."""
         try:
             keys = self._fetch()
         except TokenError as exc:
@@ -326,25 +351,8 @@ class JWKSVerifier:
         return keys
 
     def _fetch(self) -> _KeySet:
-        try:
-            # As PyJWKClient.get_jwk_set, keeping the document: it names the keys that did
-            # not parse, which the parsed set silently leaves out.
-            document = self._fetcher.fetch_data()
-            if not isinstance(document, dict):
-                raise jwt.PyJWKClientError("the JWKS endpoint did not answer a JSON object")
-            jwk_set = jwt.PyJWKSet.from_dict(document)
-        except TokenError:
-            raise
-        except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
-            raise TokenFetchError(
-                f"the JWKS at {display_url(self._url)} is not a usable JWK Set "
-                f"({type(exc).__name__}); check jwks_url"
-            ) from exc
-        signing = tuple(
-            k for k in jwk_set.keys
-            if k.public_key_use in ("sig", None) and k.key_type != "oct"
-            and k.algorithm_name in ASYMMETRIC_ALGORITHMS
-        )
+        document, jwk_set = self._fetch_set()
+        signing = _signing_keys(jwk_set)
         by_kid = {k.key_id: k for k in signing if isinstance(k.key_id, str) and k.key_id}
         if not signing:
             raise TokenFetchError(
@@ -356,6 +364,23 @@ class JWKSVerifier:
             generation = self._generation
         return _KeySet(by_kid, signing, self._clock(), generation,
                        _unusable_kids(document, jwk_set, by_kid))
+
+    def _fetch_set(self) -> tuple[dict[str, Any], jwt.PyJWKSet]:
+        """The key set document and its parsed keys, or a :class:`TokenFetchError`."""
+        try:
+            # As PyJWKClient.get_jwk_set, keeping the document: it names the keys that did
+            # not parse, which the parsed set silently leaves out.
+            document = self._fetcher.fetch_data()
+            if not isinstance(document, dict):
+                raise jwt.PyJWKClientError("the JWKS endpoint did not answer a JSON object")
+            return document, jwt.PyJWKSet.from_dict(document)
+        except TokenError:
+            raise
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+            raise TokenFetchError(
+                f"the JWKS at {display_url(self._url)} is not a usable JWK Set "
+                f"({type(exc).__name__}); check jwks_url"
+            ) from exc
 
     def close(self) -> None:
         """Close the HTTP session if this verifier made it (a caller's is left alone)."""
@@ -386,6 +411,15 @@ def _unusable_kids(document: dict[str, Any], jwk_set: jwt.PyJWKSet,
                         "(its 'use', 'kty' or 'alg')" if kid in parsed
                         else "that key cannot be parsed (a malformed or unsupported JWK)")
     return reasons
+
+
+def _signing_keys(jwk_set: jwt.PyJWKSet) -> tuple[jwt.PyJWK, ...]:
+    """The set's public signature keys for an allowed algorithm (no HMAC ``oct`` keys)."""
+    return tuple(
+        k for k in jwk_set.keys
+        if k.public_key_use in ("sig", None) and k.key_type != "oct"
+        and k.algorithm_name in ASYMMETRIC_ALGORITHMS
+    )
 
 
 def _pick(keys: _KeySet, kid: str | None) -> jwt.PyJWK | None:
