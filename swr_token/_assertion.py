@@ -56,8 +56,6 @@ def load_private_key(value: object) -> PrivateKey:
 
     Errors name what is wrong, never the value: it may be the key itself.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if isinstance(value, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
@@ -67,20 +65,34 @@ def load_private_key(value: object) -> PrivateKey:
             "private_key is a public key; sign with the private key and register its public "
             "key with the authorization server"
         )
-    data: bytes
+    key = _parse_key(_key_bytes(value))
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(
+            f"private_key is a {type(key).__name__}; use an RSA or EC (P-256) private key"
+        )
+    return key
+
+
+def _key_bytes(value: object) -> bytes:
+    """The key's encoded bytes: given, PEM text, or read from a file."""
     if isinstance(value, bytes):
-        data = value
-    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
-        data = value.strip().encode("ascii", "replace")
-    elif isinstance(value, str | os.PathLike):
-        data = _read_key_file(value)
-    else:
-        raise ConfigurationError(f"private_key has type {type(value).__name__}; {_HOW}")
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return value.strip().encode("ascii", "replace")
+    if isinstance(value, str | os.PathLike):
+        return _read_key_file(value)
+    raise ConfigurationError(f"private_key has type {type(value).__name__}; {_HOW}")
+
+
+def _parse_key(data: bytes) -> object:
+    """``data`` (PEM or DER, unencrypted) as a private key of whatever type it holds."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            key = serialization.load_pem_private_key(data.strip(), password=None)
-        else:
-            key = serialization.load_der_private_key(data, password=None)
+            return serialization.load_pem_private_key(data.strip(), password=None)
+        return serialization.load_der_private_key(data, password=None)
     except TypeError:
         raise ConfigurationError(
             "private_key is encrypted with a password; decrypt it, or load it with "
@@ -91,11 +103,6 @@ def load_private_key(value: object) -> PrivateKey:
         raise ConfigurationError(
             f"private_key could not be parsed as a private key ({type(exc).__name__}); {_HOW}"
         ) from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ConfigurationError(
-            f"private_key is a {type(key).__name__}; use an RSA or EC (P-256) private key"
-        )
-    return key
 
 
 def _read_key_file(path: str | os.PathLike[str]) -> bytes:
