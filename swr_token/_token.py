@@ -109,32 +109,44 @@ def remaining_at_receipt(
     second, else the end of that second, so age is never undercounted. A ``Date`` further off
     is not trusted (see :func:`date_trusted`).
     """
-    if server_time is not None and date_trusted(server_time, wall_now, max_clock_skew):
-        issuer_now = wall_now if server_time <= wall_now < server_time + 1 else server_time + 1
-    else:
-        issuer_now = min(wall_now, started_wall_now)
-
-    remaining: float | None = None
-    lifetime: float | None = None
-    if expires is not None:
-        if issued_at is not None and expires > issued_at:
-            lifetime = expires - issued_at
-            age = min(max(issuer_now - issued_at, 0.0), lifetime)
-            remaining = lifetime - age
-        else:
-            remaining = expires - issuer_now
-            lifetime = max(remaining, 0.0)
+    issuer_now = _issuer_now(server_time, wall_now, started_wall_now, max_clock_skew)
+    remaining, lifetime = (None, None) if expires is None else _by_claims(
+        issued_at, expires, issuer_now)
     if expires_in is not None:
-        # An opaque token's expires_in counts from the response; a JWT's claims may be shorter.
-        if remaining is None or expires_in < remaining:
-            remaining = expires_in
-        lifetime = expires_in if lifetime is None else min(lifetime, expires_in)
+        remaining, lifetime = _within_expires_in(remaining, lifetime, expires_in)
     if remaining is None or lifetime is None:
         raise InvalidTokenError(
             "the token has no numeric 'exp' claim and the source gave no expires_in; "
             "return Token(raw, expires_in=SECONDS) from the source for opaque tokens"
         )
     return remaining, lifetime
+
+
+def _issuer_now(server_time: float | None, wall_now: float, started_wall_now: float,
+                max_clock_skew: float) -> float:
+    """The issuer's wall clock now, as well as this side can tell (see remaining_at_receipt)."""
+    if server_time is not None and date_trusted(server_time, wall_now, max_clock_skew):
+        return wall_now if server_time <= wall_now < server_time + 1 else server_time + 1
+    return min(wall_now, started_wall_now)
+
+
+def _by_claims(issued_at: float | None, expires: float,
+               issuer_now: float) -> tuple[float, float]:
+    """``(remaining, lifetime)`` by the JWT's ``exp`` (and ``iat``, when before ``exp``)."""
+    if issued_at is not None and expires > issued_at:
+        lifetime = expires - issued_at
+        age = min(max(issuer_now - issued_at, 0.0), lifetime)
+        return lifetime - age, lifetime
+    remaining = expires - issuer_now
+    return remaining, max(remaining, 0.0)
+
+
+def _within_expires_in(remaining: float | None, lifetime: float | None,
+                       expires_in: float) -> tuple[float, float]:
+    """An opaque token's expires_in counts from the response; a JWT's claims may be shorter."""
+    if remaining is None or expires_in < remaining:
+        remaining = expires_in
+    return remaining, expires_in if lifetime is None else min(lifetime, expires_in)
 
 
 def date_trusted(server_time: float, wall_now: float, max_clock_skew: float) -> bool:
