@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import time
 from collections.abc import Callable, Mapping
 
 from ._errors import InvalidTokenError
@@ -224,28 +225,14 @@ class Token:
     ``repr`` shows a fingerprint, never the token.
     """
 
-    __slots__ = (
-        "_claims",
-        "_clock",
-        "_deadline",
-        "_exp",
-        "_expires_at",
-        "_expires_in",
-        "_iat",
-        "_lifetime",
-        "_notes",
-        "_raw",
-        "_server_time",
-    )
+    # What the string says lives in one _Parsed, shared by the source's Token and every copy a
+    # client receives; a copy adds only its receipt (the engine keeps one per cached key).
+    __slots__ = ("_clock", "_deadline", "_expires_at", "_lifetime", "_notes", "_parsed")
 
     def __init__(
         self, raw: str, *, expires_in: float | None = None, server_time: float | None = None
     ) -> None:
-        if not isinstance(raw, str) or not raw:
-            raise InvalidTokenError(
-                f"a token must be a non-empty string, got {type(raw).__name__}; "
-                "the source should return the raw token or a Token"
-            )
+        _check_raw(raw)
         if expires_in is not None and _sane_number(expires_in) is None:
             raise InvalidTokenError(
                 f"expires_in must be a finite number of seconds above 0 and below 1e10, got "
@@ -257,44 +244,38 @@ class Token:
                 "the token is not a parseable JWT and the source gave no expires_in; "
                 "return Token(raw, expires_in=SECONDS) for opaque tokens"
             )
-        self._claims: Mapping[str, Any] = claims or {}
-        self._exp = _claim_number(self._claims, "exp")
-        self._iat = _claim_number(self._claims, "iat")
-        if claims is not None and expires_in is None and self._exp is None:
-            raise InvalidTokenError(
-                "the JWT has no numeric 'exp' claim, so its expiry is unknown; "
-                "have the issuer set 'exp' or return Token(raw, expires_in=SECONDS)"
-            )
-        self._raw = raw
-        self._expires_in = None if expires_in is None else float(expires_in)
-        self._server_time = server_time
-        self._clock: Callable[[], float] | None = None
-        self._deadline = 0.0
-        self._lifetime = 0.0
-        #: What the receiving client did not take as given (for its log): see received().
-        self._notes: frozenset[str] = frozenset()
-        exp = self._exp
-        if expires_in is None:
-            self._expires_at = exp or 0.0
-        else:
-            # Until a client receives it, an expires_in counts from now (the source makes
-            # the Token as the answer arrives); receipt measures it on the client's clocks.
-            import time
+        parsed = _Parsed(raw, claims, expires_in, server_time)
+        self._bind(parsed, None, 0.0, 0.0, parsed.expires_by, _NOTE_SETS[False, False, False])
 
-            by_answer = time.time() + float(expires_in)
-            self._expires_at = by_answer if exp is None else min(exp, by_answer)
+    @classmethod
+    def _receipt(cls, parsed: _Parsed, clock: Callable[[], float], deadline: float,
+                 lifetime: float, expires_at: float, notes: frozenset[str]) -> Token:
+        """A received Token: ``parsed`` shared, the receipt its own."""
+        token = cls.__new__(cls)
+        token._bind(parsed, clock, deadline, lifetime, expires_at, notes)
+        return token
+
+    def _bind(self, parsed: _Parsed, clock: Callable[[], float] | None, deadline: float,
+              lifetime: float, expires_at: float, notes: frozenset[str]) -> None:
+        self._parsed = parsed
+        self._clock = clock  # None before receipt: remaining() reads the wall clock
+        self._deadline = deadline
+        self._lifetime = lifetime
+        self._expires_at = expires_at
+        #: What the receiving client did not take as given (for its log): see received().
+        self._notes = notes
 
     # -- public, read-only --------------------------------------------------------------
 
     @property
     def raw(self) -> str:
         """The token string to send (``Authorization: Bearer <raw>``)."""
-        return self._raw
+        return self._parsed.raw
 
     @property
     def claims(self) -> Mapping[str, Any]:
         """The JWT's claims, decoded without verification (empty for opaque tokens)."""
-        return self._claims
+        return self._parsed.claims
 
     @property
     def issued_at(self) -> float | None:
@@ -303,7 +284,7 @@ class Token:
         On a received token, None when ``iat`` lay further in the future than the client's
         ``max_clock_skew``: such a token must not look newer than the honest ones after it.
         """
-        return self._iat
+        return None if "iat" in self._notes else self._parsed.iat
 
     @property
     def notes(self) -> frozenset[str]:
@@ -325,7 +306,7 @@ class Token:
     @property
     def fingerprint(self) -> str:
         """A short hash of the token, safe to log."""
-        return fingerprint(self._raw)
+        return fingerprint(self._parsed.raw)
 
     def remaining(self) -> float:
         """Seconds this token still lives, on the receiving client's deadline clock.
@@ -334,8 +315,6 @@ class Token:
         from when the Token was made.
         """
         if self._clock is None:
-            import time
-
             return self._expires_at - time.time()
         return self._deadline - self._clock()
 
@@ -352,54 +331,32 @@ class Token:
         :class:`InvalidTokenError` if less than a second is left on arrival, or if the token
         expired by the local clock more than ``max_clock_skew`` ago, whatever ``Date`` says.
         """
-        notes: set[str] = set()
-        if self._server_time is not None and not date_trusted(
-                self._server_time, wall_now, max_clock_skew):
-            notes.add("date")
+        parsed = self._parsed
         # "This machine's clock": the earlier of the wall clock and the start-up wall clock
         # advanced by the deadline clock, so a wall-clock step after start-up changes nothing.
-        local_now = min(wall_now, started_wall_now)
-        if self._exp is not None and self._exp < local_now - max_clock_skew:
-            raise InvalidTokenError(
-                f"the token expired {local_now - self._exp:.0f} s ago by this machine's clock, "
-                f"more than max_clock_skew={max_clock_skew:g} s; it is never served, whatever "
-                "the issuer's clock says; check the issuer's and this machine's clocks"
-            )
+        _check_not_long_expired(parsed.exp, min(wall_now, started_wall_now), max_clock_skew)
         remaining, lifetime = remaining_at_receipt(
-            issued_at=self._iat,
-            expires=self._exp,
-            expires_in=self._expires_in,
-            server_time=self._server_time,
+            issued_at=parsed.iat,
+            expires=parsed.exp,
+            expires_in=parsed.expires_in,
+            server_time=parsed.server_time,
             wall_now=wall_now,
             started_wall_now=started_wall_now,
             max_clock_skew=max_clock_skew,
         )
-        if lifetime > max_lifetime or remaining > max_lifetime:
-            notes.add("lifetime")
+        capped = lifetime > max_lifetime or remaining > max_lifetime
+        if capped:
             lifetime, remaining = min(lifetime, max_lifetime), min(remaining, max_lifetime)
-        if remaining < MIN_REMAINING:
-            raise InvalidTokenError(
-                f"the token arrived with {max(remaining, 0.0):.3g} s left (already expired or "
-                "about to); it is given to no one; check the issuer's clock and the token "
-                "lifetime it is configured with"
-            )
-        iat = self._iat
-        if iat is not None and iat > max(wall_now, started_wall_now) + max_clock_skew:
-            notes.add("iat")
-            iat = None
-        bound = object.__new__(Token)
-        bound._raw = self._raw
-        bound._claims = self._claims
-        bound._exp = self._exp
-        bound._iat = iat
-        bound._expires_in = self._expires_in
-        bound._server_time = self._server_time
-        bound._clock = deadline_clock
-        bound._deadline = deadline_now + remaining
-        bound._lifetime = lifetime
-        bound._expires_at = wall_now + remaining
-        bound._notes = frozenset(notes)
-        return bound
+        _check_arrival(remaining)
+        notes = _NOTE_SETS[
+            parsed.server_time is not None
+            and not date_trusted(parsed.server_time, wall_now, max_clock_skew),
+            capped,
+            parsed.iat is not None
+            and parsed.iat > max(wall_now, started_wall_now) + max_clock_skew,
+        ]
+        return Token._receipt(parsed, deadline_clock, deadline_now + remaining,
+                              parsed.shared(lifetime), wall_now + remaining, notes)
 
     @property
     def deadline(self) -> float:
@@ -407,13 +364,98 @@ class Token:
         return self._deadline
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Token) and other._raw == self._raw
+        return isinstance(other, Token) and other._parsed.raw == self._parsed.raw
 
     def __hash__(self) -> int:
-        return hash(self._raw)
+        return hash(self._parsed.raw)
 
     def __repr__(self) -> str:
         return f"<Token {self.fingerprint} expires_at={self._expires_at:.0f}>"
 
     def __reduce__(self) -> Any:
         raise TypeError("Token objects are not picklable: they hold a secret")
+
+
+class _Parsed:
+    """What a token string says, checked once: shared by a Token and all its received copies.
+
+    Never changed after construction. No repr of its own (the default shows no field).
+    """
+
+    __slots__ = ("claims", "exp", "expires_by", "expires_in", "iat", "lifetime", "raw",
+                 "server_time")
+
+    def __init__(self, raw: str, claims: dict[str, Any] | None, expires_in: float | None,
+                 server_time: float | None) -> None:
+        self.raw = raw
+        self.claims: Mapping[str, Any] = claims or {}
+        self.exp = _claim_number(self.claims, "exp")
+        self.iat = _claim_number(self.claims, "iat")
+        if claims is not None and expires_in is None and self.exp is None:
+            raise InvalidTokenError(
+                "the JWT has no numeric 'exp' claim, so its expiry is unknown; "
+                "have the issuer set 'exp' or return Token(raw, expires_in=SECONDS)"
+            )
+        self.expires_in = None if expires_in is None else float(expires_in)
+        self.server_time = server_time
+        #: The lifetime the token's own fields give (exp - iat, expires_in: the shorter), or
+        #: None when only the time of receipt tells (an ``exp`` without a usable ``iat``).
+        self.lifetime = _stated_lifetime(self.exp, self.iat, self.expires_in)
+        #: The wall time it expires by until a client receives it: an expires_in counts from
+        #: now (the source makes the Token as the answer arrives); receipt measures it again
+        #: on the client's clocks.
+        self.expires_by = _expires_by(self.exp, self.expires_in)
+
+    def shared(self, lifetime: float) -> float:
+        """``lifetime``, as this object's float when equal: a received copy then owns none."""
+        return self.lifetime if lifetime == self.lifetime else lifetime
+
+
+#: Every combination of Token.notes, keyed by ("date", "lifetime", "iat"): a received copy
+#: points at one of these instead of owning a set.
+_NOTE_SETS: dict[tuple[bool, bool, bool], frozenset[str]] = {
+    (date, lifetime, iat): frozenset(
+        name for name, on in (("date", date), ("lifetime", lifetime), ("iat", iat)) if on)
+    for date in (False, True) for lifetime in (False, True) for iat in (False, True)
+}
+
+
+def _check_raw(raw: object) -> None:
+    if not isinstance(raw, str) or not raw:
+        raise InvalidTokenError(
+            f"a token must be a non-empty string, got {type(raw).__name__}; "
+            "the source should return the raw token or a Token"
+        )
+
+
+def _stated_lifetime(exp: float | None, iat: float | None,
+                     expires_in: float | None) -> float | None:
+    lifetime = exp - iat if exp is not None and iat is not None and exp > iat else None
+    if expires_in is not None:
+        return expires_in if lifetime is None else min(lifetime, expires_in)
+    return lifetime
+
+
+def _expires_by(exp: float | None, expires_in: float | None) -> float:
+    if expires_in is None:
+        return exp or 0.0
+    by_answer = time.time() + expires_in
+    return by_answer if exp is None else min(exp, by_answer)
+
+
+def _check_not_long_expired(exp: float | None, local_now: float, max_clock_skew: float) -> None:
+    if exp is not None and exp < local_now - max_clock_skew:
+        raise InvalidTokenError(
+            f"the token expired {local_now - exp:.0f} s ago by this machine's clock, "
+            f"more than max_clock_skew={max_clock_skew:g} s; it is never served, whatever "
+            "the issuer's clock says; check the issuer's and this machine's clocks"
+        )
+
+
+def _check_arrival(remaining: float) -> None:
+    if remaining < MIN_REMAINING:
+        raise InvalidTokenError(
+            f"the token arrived with {max(remaining, 0.0):.3g} s left (already expired or "
+            "about to); it is given to no one; check the issuer's clock and the token "
+            "lifetime it is configured with"
+        )

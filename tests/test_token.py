@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import jwt
 import pytest
@@ -202,3 +203,62 @@ def test_hot_path_bounds_never_serve_what_classify_would_not() -> None:
             if mono_now <= snap.mono_until and wall_now <= snap.wall_until:
                 assert now <= snap.fresh_until
                 assert classify(token.deadline - now, threshold, margin) is F
+
+
+def _receive(token: Token, *, max_clock_skew: float = 300.0, max_lifetime: float = 86_400.0,
+             wall_now: float = NOW) -> Token:
+    return token.received(deadline_now=100.0, deadline_clock=lambda: 100.0, wall_now=wall_now,
+                          started_wall_now=wall_now, max_clock_skew=max_clock_skew,
+                          max_lifetime=max_lifetime)
+
+
+def test_a_received_copy_shares_the_string_and_claims_and_leaves_its_source_as_it_was() -> None:
+    source = Token(_jwt({"iat": NOW - 10, "exp": NOW + 50, "sid": "sess_1"}))
+    copy = _receive(source)
+    assert copy is not source and copy == source and hash(copy) == hash(source)
+    assert copy.raw is source.raw and copy.claims is source.claims
+    assert copy.fingerprint == source.fingerprint and copy.issued_at == NOW - 10
+    assert (copy.remaining(), copy.lifetime, copy.deadline) == (50.0, 60.0, 150.0)
+    # The source is still unreceived: no lifetime, no deadline, counted by the wall clock.
+    assert (source.lifetime, source.deadline, source.notes) == (0.0, 0.0, frozenset())
+    assert source.expires_at == NOW + 50
+    assert _receive(source).remaining() == 50.0  # and can be received again
+
+
+def test_remaining_before_receipt_counts_expires_in_from_construction() -> None:
+    before = time.time()
+    token = Token("opaque-access-token", expires_in=300)
+    after = time.time()
+    assert before + 300 <= token.expires_at <= after + 300
+    left = token.remaining()
+    assert token.expires_at - time.time() <= left <= 300.0
+    assert token.lifetime == 0.0 and token.notes == frozenset()
+
+
+def test_remaining_before_receipt_of_a_jwt_is_the_shorter_of_exp_and_expires_in() -> None:
+    exp = time.time() + 600
+    assert Token(_jwt({"exp": exp})).expires_at == exp
+    shorter = Token(_jwt({"exp": exp}), expires_in=60)
+    assert shorter.expires_at <= time.time() + 60 and 0 < shorter.remaining() <= 60.0
+    assert Token(_jwt({"exp": exp}), expires_in=6000).expires_at == exp
+
+
+def test_receipt_notes_are_what_the_client_adjusted() -> None:
+    honest = Token(_jwt({"iat": NOW, "exp": NOW + 60}), server_time=NOW)
+    assert _receive(honest).notes == frozenset()
+    odd = Token(_jwt({"iat": NOW + 3600, "exp": NOW + 93_600}), server_time=NOW - 7200)
+    copy = _receive(odd)
+    assert copy.notes == {"date", "lifetime", "iat"}
+    assert copy.issued_at is None and copy.lifetime == 86_400.0
+    assert odd.issued_at == NOW + 3600 and odd.notes == frozenset()  # the source keeps its iat
+
+
+def test_receiving_a_received_copy_judges_the_token_afresh() -> None:
+    # A token another client received (and whose future iat it set aside) is judged by the
+    # next client on the token's own claims, as if the source had returned the string.
+    future = Token(_jwt({"iat": NOW + 600, "exp": NOW + 660}))
+    first = _receive(future, max_clock_skew=300.0)
+    assert first.issued_at is None and first.notes == {"iat"}
+    second = _receive(first, max_clock_skew=900.0)
+    assert second.issued_at == NOW + 600 and second.notes == frozenset()
+    assert (second.lifetime, second.remaining()) == (60.0, 60.0)
