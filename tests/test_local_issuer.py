@@ -18,8 +18,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from swr_token.testing import FakeClock
-from swr_token.testing._issuer import LocalIssuer
+from swr_token.testing import FakeClock, LocalIssuer
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 T = (2.0, 5.0)  # (connect, read) for every request in this module

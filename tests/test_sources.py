@@ -30,7 +30,7 @@ from swr_token._request import TokenRequest
 from swr_token._sources import ClerkBackendSource, OAuth2ClientCredentialsSource
 from swr_token._token import Token
 from swr_token._version import __version__
-from swr_token.testing._issuer import LocalIssuer
+from swr_token.testing import LocalIssuer
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 SECRET = "sk_test_Xq7very_secret_key_value"

@@ -2,6 +2,6 @@
 
 from .._clock import FakeClock
 from .._executor import InlineExecutor
-from ._issuer import LocalIssuer, RecordedRequest
+from .._issuer import LocalIssuer, RecordedRequest
 
 __all__ = ["FakeClock", "InlineExecutor", "LocalIssuer", "RecordedRequest"]

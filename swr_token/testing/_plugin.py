@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ._issuer import LocalIssuer
+    from .._issuer import LocalIssuer
 
 __all__ = ["pytest_addoption", "pytest_configure"]
 
@@ -37,7 +37,7 @@ class _IssuerFixtures:
     @pytest.fixture
     def local_issuer(self) -> Iterator[LocalIssuer]:
         """A started LocalIssuer on 127.0.0.1, stopped when the test ends."""
-        from ._issuer import LocalIssuer  # imported late: keeps pytest start-up light
+        from .._issuer import LocalIssuer  # imported late: keeps pytest start-up light
 
         with LocalIssuer() as issuer:
             yield issuer

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, unquote_plus
 
-from .._version import __version__
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._issuer import LocalIssuer, _Fault

@@ -1,5 +1,8 @@
 """A real token issuer on 127.0.0.1 for tests, demos and benchmarks.
 
+Published as :class:`swr_token.testing.LocalIssuer`; it lives outside the test kit so that
+``swr-token demo`` runs on it without importing ``swr_token.testing``.
+
 :class:`LocalIssuer` serves Clerk-shaped and OAuth2-shaped token endpoints and a JWKS over real
 loopback HTTP, mints RS256 JWTs, and injects faults at runtime (a status, latency, a malformed
 body, a hang, a reset connection), so code is tested against the wire, not against mocks.
