@@ -195,7 +195,9 @@ def _kind(value: object) -> str:
     return f"{float(value):g}"
 
 
-def _decode_jwt(raw: str) -> dict[str, Any] | None:
+def decode_unverified(raw: str) -> dict[str, Any] | None:
+    """The claims of a JWT, its signature NOT checked (None: not a JWT): what a client reads
+    for timing, and what ``swr-token inspect`` shows."""
     if raw.count(".") != 2:
         return None
     import jwt  # on first use: a cached CLI call and the engine's import stay light
@@ -215,6 +217,19 @@ def _decode_jwt(raw: str) -> dict[str, Any] | None:
     except jwt.PyJWTError:
         return None
     return claims if isinstance(claims, dict) else None
+
+
+def unverified_header(raw: str) -> dict[str, Any] | None:
+    """The header of a JWT, not checked either (None: not a JWT)."""
+    if raw.count(".") != 2:
+        return None
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(raw)
+    except jwt.PyJWTError:
+        return None
+    return header if isinstance(header, dict) else None
 
 
 class Token:
@@ -238,7 +253,7 @@ class Token:
                 f"expires_in must be a finite number of seconds above 0 and below 1e10, got "
                 f"{_kind(expires_in)}; check the issuer's answer"
             )
-        claims = _decode_jwt(raw)
+        claims = decode_unverified(raw)
         if claims is None and expires_in is None:
             raise InvalidTokenError(
                 "the token is not a parseable JWT and the source gave no expires_in; "
