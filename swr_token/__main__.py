@@ -1,5 +1,5 @@
 """``python -m swr_token``: the same command line as ``swr-token``."""
 
-from ._cli import main
+from .cli import main
 
 raise SystemExit(main(prog="python -m swr_token"))

@@ -50,7 +50,7 @@ class Ran:
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
     """``main()`` in this process (fast) with a clean environment; for the finer cases."""
-    from swr_token._cli import main
+    from swr_token.cli import main
 
     for name in SECRET_VARS + CONFIG_VARS:
         monkeypatch.delenv(name, raising=False)

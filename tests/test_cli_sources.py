@@ -63,7 +63,7 @@ def key_file(tmp_path: Path) -> Path:
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         tmp_path: Path) -> Any:
     """``main()`` in this process, a clean environment and a private cache directory."""
-    from swr_token._cli import main
+    from swr_token.cli import main
 
     for name in OUR_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -201,11 +201,13 @@ def test_private_key_file(run: Any, issuer: LocalIssuer, key_file: Path) -> None
     source = OAuth2ClientCredentialsSource(
         issuer.token_url, issuer.client_id, private_key=key_file, key_id="cli-key",
         resource=["https://a.example/", "https://b.example/"])
-    from swr_token._cli import _build_parser, _oauth2_key_source
+    from swr_token.cli.flags import parse_get
+    from swr_token.cli.sources import build_source
 
-    parsed = _build_parser("swr-token").parse_args(["get", *args])
+    parsed = parse_get(["get", *args])
+    assert parsed is not None
     parsed.given = {a for a in args if a.startswith("--")}
-    assert _oauth2_key_source(parsed)[3] == source.identity
+    assert build_source(parsed).identity == source.identity
     source.close()
 
 

@@ -37,7 +37,7 @@ def test_ci_runs_the_readme_first_command_program() -> None:
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert any(line.startswith(program + " --duration") for line in ci)
     setup_cfg = (ROOT / "setup.cfg").read_text()
-    assert re.search(r"^\s*swr-token = swr_token\._cli:main$", setup_cfg, re.M)
+    assert re.search(r"^\s*swr-token = swr_token\.cli:main$", setup_cfg, re.M)
 
 
 def _python_blocks() -> list[str]:

@@ -9,30 +9,31 @@ expire and its next read waits. Tokens appear only as fingerprints.
 from __future__ import annotations
 
 import logging
+import os
 import random
-import re
-import shutil
-import textwrap
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from ._client import TokenClient
-from ._errors import ClientClosedError, TokenError
-from ._request import TokenRequest
-from ._sources import ClerkBackendSource
-from ._token import Token, classify, effective_margin, effective_threshold
-from .testing import LocalIssuer
+from .._client import TokenClient
+from .._errors import ClientClosedError, TokenError
+from .._issuer import LocalIssuer
+from .._request import TokenRequest
+from .._sources import ClerkBackendSource
+from .._token import Token, classify, effective_margin, effective_threshold
+from .screen import Event, Row, Screen
 
-__all__ = ["DemoOptions", "run_demo"]
+if TYPE_CHECKING:
+    from .flags import Args
+
+__all__ = ["DemoOptions", "run", "run_demo"]
 
 _LATENCY = 0.3  # seconds the issuer takes to answer
 _WAITED = 0.05  # a call that took this long waited for a fetch (a cache hit takes microseconds)
 _READERS = 5
-_COLORS = {"fresh": "\x1b[32m", "stale": "\x1b[33m", "critical": "\x1b[31m",
-           "expired": "\x1b[31m"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class _Board:
         self.threshold, self.margin = threshold, margin
         self.lock = threading.Lock()
         self.start = time.monotonic()
-        self.events: list[tuple[float, str, str]] = []
+        self.events: list[Event] = []
         self.served = {"fresh": 0, "stale": 0, "waited": 0}
         self.failed = 0
         self.failed_waiting = 0  # of the failed calls, those that had waited for a fetch
@@ -206,10 +207,21 @@ class _Board:
                 elif zone == "expired":
                     self.emit(key, "expired")
 
-    def drain(self) -> list[tuple[float, str, str]]:
+    def drain(self) -> list[Event]:
         with self.lock:
             events, self.events = self.events, []
         return sorted(events)
+
+    def rows(self) -> list[Row]:
+        """Each key's line on the live screen, from its newest token."""
+        with self.lock:
+            rows = []
+            for key in self.keys.values():
+                zone, left = self.zone(key.token)
+                life = key.token.lifetime if key.token is not None else 1.0
+                fp = key.token.fingerprint if key.token is not None else "-"
+                rows.append((key.label, zone, left, life, fp, key.refreshes))
+            return rows
 
 
 def _describe(error: BaseException) -> str:
@@ -241,140 +253,73 @@ def _reader(board: _Board, client: TokenClient, keys: list[_Key], stop: threadin
         stop.wait(pause())
 
 
-def _bar(fraction: float, width: int = 12) -> str:
-    filled = max(0, min(width, round(fraction * width)))
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
+class _Outage:
+    """The injected issuer outage (``--fail-for``): none, or scheduled, on, then over."""
+
+    def __init__(self, options: DemoOptions, threshold: float) -> None:
+        # Just after the first round of background refreshes, so a fresh token has to carry
+        # the keys through the outage; later if the run is long enough to show the recovery.
+        self.at = max(1.0, min(threshold + 0.5, options.duration - options.fail_for - 2))
+        self.end = self.at + options.fail_for
+        self.length, self.duration = options.fail_for, options.duration
+        self.state = "none" if not options.fail_for else "scheduled"
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def plan(self) -> str:
+        """The introduction's sentence about it ("" without one)."""
+        if not self.length:
+            return ""
+        if self.end <= self.duration:
+            return f" Issuer outage (HTTP 503) from {self.at:.1f} s to {self.end:.1f} s."
+        return (f" Issuer outage (HTTP 503) from {self.at:.1f} s to the end of the run "
+                f"({self.length:g} s asked for, {self.duration - self.at:.1f} s shown).")
+
+    def tick(self, now: float, issuer: LocalIssuer, board: _Board) -> None:
+        """Start or end the outage when its time comes."""
+        if self.state == "scheduled" and now >= self.at:
+            issuer.fail(503, duration=self.length)
+            self.state, self.started = "on", now
+            with board.lock:
+                board.emit(None, f"outage: every token request answers HTTP 503 for "
+                           f"{self.length:g} s")
+        elif self.state == "on" and now >= self.end:
+            self.state, self.ended = "over", now
+            with board.lock:
+                board.emit(None, "outage over: the issuer answers again")
+
+    def seen(self, now: float) -> float | None:
+        """How long it was on during the run (it may outlast the run); None: never on."""
+        if self.started is None:
+            return None
+        return max(0.0, (self.ended if self.ended is not None else now) - self.started)
 
 
-def _wrap(text: str, width: int, *, first: str = "", indent: int = 2) -> list[str]:
-    """``first + text`` in lines of at most ``width`` columns, broken between words only.
+class _Demo:
+    """One run: the issuer, the client and its reader threads, the board, the screen."""
 
-    A number and its unit ("0.30 s", "6 s") stay on one line: textwrap breaks only at ASCII
-    whitespace, so they are joined by a no-break space while wrapping.
-    """
-    glued = _NUMBER_UNIT.sub("\\1\u00a0", text)
-    lines = textwrap.wrap(first + glued, width=width, subsequent_indent=" " * indent,
-                          break_long_words=False, break_on_hyphens=False) or [first.rstrip()]
-    return [line.replace("\u00a0", " ") for line in lines]
+    def __init__(self, options: DemoOptions, out: IO[str]) -> None:
+        self.options = options
+        lifetime = options.lifetime
+        self.threshold, self.margin = lifetime / 2, lifetime / 6
+        self.poll = min(1.0, lifetime / 12)
+        self.keys = [_Key("sess_alice"), _Key("sess_bob"), _Key("sess_bob", "orders-api"),
+                     _Key("sess_dora", idle=True)]
+        self.board = _Board(self.keys, self.threshold, self.margin)
+        self.screen = Screen(out, color=options.color, tty=options.live or options.tty)
+        self.outage = _Outage(options, self.threshold)
+        self.stop_readers = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.issuer = LocalIssuer(lifetime=lifetime)
+        self.source: ClerkBackendSource | None = None
+        self.client: TokenClient | None = None
 
-
-_NUMBER_UNIT = re.compile(r"(\d) (?=s\b)")
-
-
-def _fields(fields: list[str], width: int) -> list[str]:
-    """Fields two spaces apart, as many per line as fit; a field is never split.
-
-    A field ``"\\n"`` ends the line: the next group of fields starts a new one.
-    """
-    lines: list[str] = []
-    new_line = True
-    for field_ in fields:
-        if field_ == "\n":
-            new_line = True
-        elif not new_line and len(lines[-1]) + 2 + len(field_) <= width:
-            lines[-1] += "  " + field_
-        else:
-            lines.append(field_)
-            new_line = False
-    return lines
-
-
-_LABEL = 19  # the longest key label, "sess_bob/orders-api"
-_EVENT_LINES = 9  # lines of recent events on the live screen
-
-
-class _Screen:
-    """Renders the board: a block redrawn in place (terminal) or a timeline.
-
-    On a terminal every line fits its width (default 80 columns): text wraps between words
-    and counts are right-aligned in fixed columns, so nothing is cut. A piped timeline keeps
-    one line per event, for grep.
-    """
-
-    def __init__(self, out: IO[str], options: DemoOptions, board: _Board,
-                 tty: bool = False) -> None:
-        self.out, self.options, self.board, self.tty = out, options, board, tty
-        self.recent: list[list[str]] = []
-        self.drawn = 0
-
-    @property
-    def width(self) -> int:
-        """Columns to use: one less than the terminal's, so no line makes it wrap."""
-        return max(40, shutil.get_terminal_size((80, 24)).columns - 1)
-
-    def write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
-
-    def paragraph(self, text: str) -> None:
-        self.write("\n".join(_wrap(text, self.width)) + "\n")
-
-    def event_lines(self, when: float, label: str, text: str) -> list[str]:
-        first = f"{when:6.2f}s  {label:<{_LABEL}}  "
-        if not self.tty:
-            return [first + text]
-        return _wrap(text, self.width, first=first, indent=len(first))
-
-    def update(self, status: list[str]) -> None:
-        events = [self.event_lines(*event) for event in self.board.drain()]
-        if not self.options.live:
-            if events:
-                self.write("".join(line + "\n" for lines in events for line in lines))
-            return
-        width = self.width
-        self.recent = self.recent + events
-        while sum(len(lines) for lines in self.recent) > _EVENT_LINES:
-            self.recent.pop(0)
-        lines = _fields(status, width)
-        bar = width >= 77  # the life bar goes first when the terminal is narrow
-        lines.append(f"  {'key':<{_LABEL}}  {'zone':<8}  {'left':>6}  "
-                     + (f"{'life':<14}  " if bar else "") + f"{'token':<10}  refreshes")
-        with self.board.lock:
-            for key in self.board.keys.values():
-                zone, left = self.board.zone(key.token)
-                life = key.token.lifetime if key.token is not None else 1.0
-                fp = key.token.fingerprint if key.token is not None else "-"
-                shown = f"{zone:<8}"
-                if self.options.color and zone in _COLORS:
-                    shown = f"{_COLORS[zone]}{shown}\x1b[0m"
-                lines.append(f"  {key.label:<{_LABEL}}  {shown}  {max(left, 0):>5.1f}s  "
-                             + (f"{_bar(max(left, 0) / life)}  " if bar else "")
-                             + f"{fp:<10}  {key.refreshes:>9,}")
-        lines.append("  recent events:")
-        lines += [line for event in self.recent for line in event]
-        lines += [""] * (len(lines) < self.drawn) * (self.drawn - len(lines))
-        up = f"\x1b[{self.drawn}F" if self.drawn else ""
-        self.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-        self.drawn = len(lines)
-
-
-def run_demo(options: DemoOptions, out: IO[str]) -> int:
-    """Run the demo until ``options.duration`` passes; 0, or 130 after Ctrl-C."""
-    lifetime = options.lifetime
-    threshold, margin, poll = lifetime / 2, lifetime / 6, min(1.0, lifetime / 12)
-    keys = [_Key("sess_alice"), _Key("sess_bob"), _Key("sess_bob", "orders-api"),
-            _Key("sess_dora", idle=True)]
-    hot = [key for key in keys if not key.idle]
-    board = _Board(keys, threshold, margin)
-    screen = _Screen(out, options, board, tty=options.live or options.tty)
-    # Just after the first round of background refreshes, so a fresh token has to carry
-    # the keys through the outage; later if the run is long enough to show the recovery too.
-    outage_at = max(1.0, min(threshold + 0.5, options.duration - options.fail_for - 2))
-    outage_end = outage_at + options.fail_for
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-    interrupted = False
-    outage = "none" if not options.fail_for else "scheduled"
-    outage_started = outage_ended = None
-    issuer = LocalIssuer(lifetime=lifetime)
-    client: TokenClient | None = None
-    source: ClerkBackendSource | None = None
-    quiet = logging.NullHandler()  # the screen tells the story; log lines would tear it
-    logging.getLogger("swr_token").addHandler(quiet)
-    try:
+    def start(self) -> TokenClient:
+        """Serve, make the client, say what runs, start the readers."""
+        issuer, board = self.issuer, self.board
         issuer.start()
         issuer.delay(_LATENCY)
-        source = mint = ClerkBackendSource(issuer.secret_key, api_url=issuer.clerk_api_url)
+        self.source = mint = ClerkBackendSource(issuer.secret_key, api_url=issuer.clerk_api_url)
 
         def traced(request: TokenRequest) -> Token:
             """The real source, reporting each upstream attempt to the board."""
@@ -385,86 +330,111 @@ def run_demo(options: DemoOptions, out: IO[str]) -> int:
                 board.attempt_failed(request, exc)
                 raise
 
-        client = TokenClient(traced, poll_interval=poll, background_refresh_threshold=threshold,
-                             margin=margin, on_token_update=board.published,
-                             on_refresh_error=board.gave_up)
-        screen.paragraph(f"swr-token demo: LocalIssuer at {issuer.url}, answering after "
+        self.client = client = TokenClient(
+            traced, poll_interval=self.poll, background_refresh_threshold=self.threshold,
+            margin=self.margin, on_token_update=board.published,
+            on_refresh_error=board.gave_up)
+        self._introduce()
+        self._start_readers(client)
+        return client
+
+    def _introduce(self) -> None:
+        lifetime, screen = self.options.lifetime, self.screen
+        screen.paragraph(f"swr-token demo: LocalIssuer at {self.issuer.url}, answering after "
                          f"{_LATENCY:g} s.")
-        screen.paragraph(f"Tokens live {lifetime} s: fresh with {threshold:g} s or more left, "
-                         f"stale down to {margin:.3g} s, then critical. Poller every "
-                         f"{poll:.3g} s.")
+        screen.paragraph(f"Tokens live {lifetime} s: fresh with {self.threshold:g} s or more "
+                         f"left, stale down to {self.margin:.3g} s, then critical. Poller "
+                         f"every {self.poll:.3g} s.")
+        hot = [key for key in self.keys if not key.idle]
         screen.paragraph(
             f"{_READERS} reader threads on {len(hot)} hot keys, 1 on sess_dora every "
-            f"{lifetime + 2} s." + _outage_plan(outage_at, outage_end, options))
+            f"{lifetime + 2} s." + self.outage.plan())
+
+    def _start_readers(self, client: TokenClient) -> None:
+        board, stop, lifetime = self.board, self.stop_readers, self.options.lifetime
+        hot = [key for key in self.keys if not key.idle]
         for n in range(_READERS):
-            threads.append(threading.Thread(
+            self.threads.append(threading.Thread(
                 target=_reader, args=(board, client, hot, stop, lambda: random.uniform(0, .005)),
                 name=f"swr-token-demo-reader-{n + 1}", daemon=True))
-        threads.append(threading.Thread(
-            target=_reader, args=(board, client, [keys[-1]], stop, lambda: lifetime + 2.0),
+        self.threads.append(threading.Thread(
+            target=_reader, args=(board, client, [self.keys[-1]], stop, lambda: lifetime + 2.0),
             name="swr-token-demo-idle-reader", daemon=True))
         board.start = time.monotonic()
-        for thread in threads:
+        for thread in self.threads:
             thread.start()
-        while (now := board.now()) < options.duration:
-            if outage == "scheduled" and now >= outage_at:
-                issuer.fail(503, duration=options.fail_for)
-                outage, outage_started = "on", now
-                with board.lock:
-                    board.emit(None, f"outage: every token request answers HTTP 503 for "
-                               f"{options.fail_for:g} s")
-            elif outage == "on" and now >= outage_end:
-                outage, outage_ended = "over", now
-                with board.lock:
-                    board.emit(None, "outage over: the issuer answers again")
-            board.observe()
-            screen.update(_status(board, client, issuer, now, options.duration, outage))
-            stop.wait(0.1)
+
+    def watch(self, client: TokenClient) -> None:
+        """Show what happens, ten times a second, until the run's time is up."""
+        while (now := self.board.now()) < self.options.duration:
+            self.outage.tick(now, self.issuer, self.board)
+            self.draw(client, now)
+            self.stop_readers.wait(0.1)
+
+    def draw(self, client: TokenClient, now: float) -> None:
+        board = self.board
+        board.observe()
+        events = board.drain()
+        if not self.options.live:
+            self.screen.timeline(events)
+            return
+        status = _status(board, client, self.issuer, now, self.options.duration,
+                         self.outage.state)
+        self.screen.live(status, events, board.rows())
+
+    def stop(self) -> None:
+        """Readers released and joined, then the client, issuer and source closed."""
+        self.stop_readers.set()
+        with self.board.lock:
+            self.board.closing = True
+        if self.client is not None:
+            self.client.close()  # releases any reader waiting for a token
+        for thread in self.threads:
+            thread.join(1.0)
+        self.issuer.stop()
+        if self.source is not None:
+            self.source.close()
+
+    def report(self, client: TokenClient, *, interrupted: bool) -> None:
+        """The last frame (unless Ctrl-C may have cut one short), then the summary."""
+        if interrupted and self.options.live:
+            self.screen.write("\n")  # do not draw over a frame cut short
+        else:
+            self.draw(client, self.board.now())
+        self.screen.write(_summary(self.board, client, self.issuer, self.options, interrupted,
+                                   outage_seen=self.outage.seen(self.board.now())))
+
+
+def run(args: Args, prog: str) -> int:
+    """``swr-token demo``: live on a terminal, else (or with ``--timeline``) a timeline."""
+    tty = sys.stdout.isatty()
+    return run_demo(DemoOptions(
+        duration=args.duration, fail_for=args.fail_for, lifetime=args.lifetime,
+        live=tty and not args.timeline, tty=tty, color=tty and not os.environ.get("NO_COLOR")),
+        sys.stdout)
+
+
+def run_demo(options: DemoOptions, out: IO[str]) -> int:
+    """Run the demo until ``options.duration`` passes; 0, or 130 after Ctrl-C."""
+    demo = _Demo(options, out)
+    quiet = logging.NullHandler()  # the screen tells the story; log lines would tear it
+    logging.getLogger("swr_token").addHandler(quiet)
+    interrupted = False
+    try:
+        demo.watch(demo.start())
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        stop.set()
-        with board.lock:
-            board.closing = True
-        if client is not None:
-            client.close()  # releases any reader waiting for a token
-        for thread in threads:
-            thread.join(1.0)
-        issuer.stop()
-        if source is not None:
-            source.close()
+        demo.stop()
         logging.getLogger("swr_token").removeHandler(quiet)
-    if client is not None:
-        if interrupted and options.live:
-            screen.write("\n")  # Ctrl-C may have cut a frame short: do not draw over it
-        else:
-            board.observe()
-            screen.update(_status(board, client, issuer, board.now(), options.duration,
-                                  outage))
-        screen.write(_summary(board, client, issuer, options, interrupted,
-                              outage_seen=_outage_seen(outage_started, outage_ended, board)))
+    if demo.client is not None:
+        demo.report(demo.client, interrupted=interrupted)
     return 130 if interrupted else 0
-
-
-def _outage_plan(at: float, end: float, options: DemoOptions) -> str:
-    if not options.fail_for:
-        return ""
-    if end <= options.duration:
-        return f" Issuer outage (HTTP 503) from {at:.1f} s to {end:.1f} s."
-    return (f" Issuer outage (HTTP 503) from {at:.1f} s to the end of the run "
-            f"({options.fail_for:g} s asked for, {options.duration - at:.1f} s shown).")
-
-
-def _outage_seen(started: float | None, ended: float | None, board: _Board) -> float | None:
-    """How long the injected outage was on during the run (it may outlast the run)."""
-    if started is None:
-        return None
-    return max(0.0, (ended if ended is not None else board.now()) - started)
 
 
 def _status(board: _Board, client: TokenClient, issuer: LocalIssuer, now: float,
             duration: float, outage: str) -> list[str]:
-    """The live screen's counters, as fields that wrap whole (see :func:`_fields`)."""
+    """The live screen's counters, as fields that wrap whole (see :meth:`Screen.live`)."""
     stats = client.stats()
     state = "DOWN (503)" if outage == "on" else "up"
     return [f"t {now:5.1f}/{duration:g} s", f"issuer {state:<10}",

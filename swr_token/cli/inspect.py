@@ -11,13 +11,14 @@ import json
 import math
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
+from .._token import decode_unverified, fingerprint, unverified_header
 
-from ._token import fingerprint
+if TYPE_CHECKING:
+    from .flags import Args
 
-__all__ = ["inspect_stdin"]
+__all__ = ["MAX_INPUT", "inspect_stdin", "run"]
 
 #: Bytes read from stdin at most: a token is a few KiB; more is not a token.
 MAX_INPUT = 64 * 1024
@@ -103,14 +104,11 @@ def _when(epoch: float, now: float) -> str:
 
 
 def _decode(raw: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        header = jwt.get_unverified_header(raw)
-        claims = jwt.decode(raw, options={
-            "verify_signature": False, "verify_exp": False, "verify_iat": False,
-            "verify_nbf": False, "verify_aud": False, "verify_iss": False})
-    except jwt.PyJWTError:
+    header = unverified_header(raw)
+    claims = None if header is None else decode_unverified(raw)
+    if header is None or claims is None:
         raise _Refused("stdin does not hold a JWT; an opaque token carries no claims to "
-                       "inspect (ask the issuer's introspection endpoint)", 5) from None
+                       "inspect (ask the issuer's introspection endpoint)", 5)
     return header, claims
 
 
@@ -135,6 +133,11 @@ def _report(raw: str, header: dict[str, Any], claims: dict[str, Any], now: float
         of = f" of {exp - iat:.0f} s" if iat is not None else ""
         lines.append(f"remaining    {exp - now:.0f} s{of} (by this machine's clock)")
     return lines
+
+
+def run(args: Args, prog: str) -> int:
+    """``swr-token inspect [--json]``."""
+    return inspect_stdin(as_json=args.json, prog=prog)
 
 
 def inspect_stdin(*, as_json: bool, prog: str) -> int:
