@@ -14,17 +14,16 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from .._client import TokenClient
-from .._errors import ClientClosedError, TokenError
 from .._issuer import LocalIssuer
 from .._request import TokenRequest
 from .._sources import ClerkBackendSource
-from .._token import Token, classify, effective_margin, effective_threshold
-from .screen import Event, Row, Screen
+from .._token import Token
+from .board import Board, Key, reader
+from .screen import Screen
 
 if TYPE_CHECKING:
     from .flags import Args
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["DemoOptions", "run", "run_demo"]
 
 _LATENCY = 0.3  # seconds the issuer takes to answer
-_WAITED = 0.05  # a call that took this long waited for a fetch (a cache hit takes microseconds)
 _READERS = 5
 
 
@@ -46,211 +44,6 @@ class DemoOptions:
     live: bool = False  # one refreshing line per key (a terminal); else a timeline
     color: bool = False
     tty: bool = False  # output is a terminal: wrap lines to its width
-
-
-@dataclass
-class _Key:
-    session_id: str
-    template: str | None = None
-    idle: bool = False
-    token: Token | None = None
-    zone: str = "none"
-    refreshes: int = 0
-    attempt_at: float | None = None  # when the current upstream attempt started
-    attempt_kind: str = "fetch"
-    stale_served: int = 0  # since the last new token
-    failing: int = 0  # failed calls in the current streak
-    waits: list[float] = field(default_factory=list)  # not yet reported
-
-    @property
-    def label(self) -> str:
-        return self.session_id + (f"/{self.template}" if self.template else "")
-
-
-class _Board:
-    """Everything the readers, hooks and display share; guarded by one lock."""
-
-    def __init__(self, keys: list[_Key], threshold: float, margin: float) -> None:
-        self.keys = {(k.session_id, k.template): k for k in keys}
-        self.threshold, self.margin = threshold, margin
-        self.lock = threading.Lock()
-        self.start = time.monotonic()
-        self.events: list[Event] = []
-        self.served = {"fresh": 0, "stale": 0, "waited": 0}
-        self.failed = 0
-        self.failed_waiting = 0  # of the failed calls, those that had waited for a fetch
-        self.cut_short = 0  # calls still waiting for a fetch when the demo stopped
-        self.longest_wait = 0.0
-        self.closing = False  # shutting down: what fails now is the demo ending, not news
-
-    def now(self) -> float:
-        return time.monotonic() - self.start
-
-    def key(self, request: TokenRequest) -> _Key:
-        return self.keys[(request.session_id or "", request.template)]
-
-    def zone(self, token: Token | None) -> tuple[str, float]:
-        if token is None:
-            return "none", 0.0
-        left = token.remaining()
-        if left <= 0:
-            return "expired", left
-        margin = effective_margin(self.margin, token.lifetime)
-        threshold = effective_threshold(self.threshold, token.lifetime, margin)
-        return classify(left, threshold, margin).value, left
-
-    def emit(self, key: _Key | None, text: str) -> None:
-        """Call with the lock held."""
-        if not self.closing:
-            self.events.append((self.now(), key.label if key else "issuer", text))
-
-    # -- the source wrapper and the client's hooks ----------------------------------------
-
-    def attempt(self, request: TokenRequest) -> None:
-        with self.lock:
-            key = self.key(request)
-            zone, _ = self.zone(key.token)
-            key.attempt_at = time.monotonic()
-            key.attempt_kind = "background refresh" if zone == "stale" else "fetch"
-
-    def attempt_failed(self, request: TokenRequest, error: BaseException) -> None:
-        with self.lock:
-            key = self.key(request)
-            took = time.monotonic() - (key.attempt_at or time.monotonic())
-            key.attempt_at = None
-            zone, left = self.zone(key.token)
-            after = (f"still serving the stale token ({left:.1f} s left)" if zone == "stale"
-                     else "no servable token: callers wait or get the error")
-            self.emit(key, f"{key.attempt_kind} failed after {took:.2f} s: "
-                      f"{_describe(error)}; {after}")
-
-    def published(self, request: TokenRequest, token: Token) -> None:
-        with self.lock:
-            key = self.key(request)
-            took = time.monotonic() - (key.attempt_at or time.monotonic())
-            how = (f"stale one served {key.stale_served:,}x meanwhile, nobody waited"
-                   if key.attempt_kind == "background refresh" else "callers waited for it")
-            if key.token is not None:
-                key.refreshes += 1
-            key.token, key.zone, key.attempt_at, key.stale_served = token, "fresh", None, 0
-            self.emit(key, f"new token {token.fingerprint} ({key.attempt_kind}, "
-                      f"{took:.2f} s); {how}")
-
-    def gave_up(self, request: TokenRequest, error: TokenError) -> None:
-        with self.lock:
-            key = self.key(request)
-            zone, _ = self.zone(key.token)
-            then = "keeps serving the stale token and backs off" if zone == "stale" else \
-                "callers get the error until the issuer answers"
-            self.emit(key, f"gave up ({type(error).__name__}); {then}")
-
-    # -- readers --------------------------------------------------------------------------
-
-    def servable(self, key: _Key) -> bool:
-        """Whether the client holds a token it would serve at once (fresh or stale)."""
-        with self.lock:
-            return self.zone(key.token)[0] in ("fresh", "stale")
-
-    def served_call(self, key: _Key, token: Token, took: float, *, servable: bool) -> None:
-        """Count one call. ``servable``: a fresh or stale token existed when it started.
-
-        A call waited when it found no servable token (as the client's ``waits`` counts)
-        and took visibly long (so a call racing the publication of a new token, served
-        from the cache a microsecond later, is not taken for one).
-        """
-        with self.lock:
-            self.longest_wait = max(self.longest_wait, took)
-            if not servable and took >= _WAITED:
-                self.served["waited"] += 1
-                key.waits.append(took)
-            elif self.zone(token)[0] == "stale":
-                self.served["stale"] += 1
-                key.stale_served += 1
-            else:
-                self.served["fresh"] += 1
-            if key.failing:
-                self.emit(key, f"served again after {key.failing} failed calls")
-                key.failing = 0
-
-    def failed_call(self, key: _Key, error: TokenError, took: float, *,
-                    servable: bool) -> None:
-        with self.lock:
-            if self.closing:
-                return
-            self.failed += 1
-            self.failed_waiting += not servable and took >= _WAITED
-            self.longest_wait = max(self.longest_wait, took)
-            if not key.failing:
-                self.emit(key, f"calls fail now: {_describe(error)}")
-            key.failing += 1
-
-    # -- the display loop -----------------------------------------------------------------
-
-    def observe(self) -> None:
-        """Note zone changes and waits (the zone of each key's newest token)."""
-        with self.lock:
-            for key in self.keys.values():
-                if key.waits:
-                    n, longest = len(key.waits), max(key.waits)
-                    self.emit(key, f"{n} call{'s' * (n > 1)} waited, longest {longest:.2f} s")
-                    key.waits.clear()
-                zone, left = self.zone(key.token)
-                if zone == key.zone:
-                    continue
-                key.zone = zone
-                if zone == "stale":
-                    self.emit(key, f"stale ({left:.1f} s left): still served at once" + (
-                        "; nobody reads it, so nobody refreshes it" if key.idle else ""))
-                elif zone == "critical":
-                    self.emit(key, f"critical ({left:.1f} s left): not served any more; the "
-                              "next call waits for a fetch")
-                elif zone == "expired":
-                    self.emit(key, "expired")
-
-    def drain(self) -> list[Event]:
-        with self.lock:
-            events, self.events = self.events, []
-        return sorted(events)
-
-    def rows(self) -> list[Row]:
-        """Each key's line on the live screen, from its newest token."""
-        with self.lock:
-            rows = []
-            for key in self.keys.values():
-                zone, left = self.zone(key.token)
-                life = key.token.lifetime if key.token is not None else 1.0
-                fp = key.token.fingerprint if key.token is not None else "-"
-                rows.append((key.label, zone, left, life, fp, key.refreshes))
-            return rows
-
-
-def _describe(error: BaseException) -> str:
-    status = getattr(error, "status", None)
-    name = type(error).__name__
-    return f"HTTP {status} ({name})" if status else name
-
-
-def _reader(board: _Board, client: TokenClient, keys: list[_Key], stop: threading.Event,
-            pause: Callable[[], float]) -> None:
-    rng = random.Random()
-    while not stop.is_set():
-        key = rng.choice(keys)
-        servable = board.servable(key)
-        started = time.monotonic()
-        try:
-            token = client.get_token_info(key.session_id, template=key.template)
-        except ClientClosedError:
-            # The demo is ending: a call that was waiting for a fetch is released.
-            if time.monotonic() - started >= _WAITED:
-                with board.lock:
-                    board.cut_short += 1
-            return
-        except TokenError as exc:
-            board.failed_call(key, exc, time.monotonic() - started, servable=servable)
-            stop.wait(0.2)
-            continue
-        board.served_call(key, token, time.monotonic() - started, servable=servable)
-        stop.wait(pause())
 
 
 class _Outage:
@@ -275,7 +68,7 @@ class _Outage:
         return (f" Issuer outage (HTTP 503) from {self.at:.1f} s to the end of the run "
                 f"({self.length:g} s asked for, {self.duration - self.at:.1f} s shown).")
 
-    def tick(self, now: float, issuer: LocalIssuer, board: _Board) -> None:
+    def tick(self, now: float, issuer: LocalIssuer, board: Board) -> None:
         """Start or end the outage when its time comes."""
         if self.state == "scheduled" and now >= self.at:
             issuer.fail(503, duration=self.length)
@@ -303,9 +96,9 @@ class _Demo:
         lifetime = options.lifetime
         self.threshold, self.margin = lifetime / 2, lifetime / 6
         self.poll = min(1.0, lifetime / 12)
-        self.keys = [_Key("sess_alice"), _Key("sess_bob"), _Key("sess_bob", "orders-api"),
-                     _Key("sess_dora", idle=True)]
-        self.board = _Board(self.keys, self.threshold, self.margin)
+        self.keys = [Key("sess_alice"), Key("sess_bob"), Key("sess_bob", "orders-api"),
+                     Key("sess_dora", idle=True)]
+        self.board = Board(self.keys, self.threshold, self.margin)
         self.screen = Screen(out, color=options.color, tty=options.live or options.tty)
         self.outage = _Outage(options, self.threshold)
         self.stop_readers = threading.Event()
@@ -355,10 +148,10 @@ class _Demo:
         hot = [key for key in self.keys if not key.idle]
         for n in range(_READERS):
             self.threads.append(threading.Thread(
-                target=_reader, args=(board, client, hot, stop, lambda: random.uniform(0, .005)),
+                target=reader, args=(board, client, hot, stop, lambda: random.uniform(0, .005)),
                 name=f"swr-token-demo-reader-{n + 1}", daemon=True))
         self.threads.append(threading.Thread(
-            target=_reader, args=(board, client, [self.keys[-1]], stop, lambda: lifetime + 2.0),
+            target=reader, args=(board, client, [self.keys[-1]], stop, lambda: lifetime + 2.0),
             name="swr-token-demo-idle-reader", daemon=True))
         board.start = time.monotonic()
         for thread in self.threads:
@@ -432,7 +225,7 @@ def run_demo(options: DemoOptions, out: IO[str]) -> int:
     return 130 if interrupted else 0
 
 
-def _status(board: _Board, client: TokenClient, issuer: LocalIssuer, now: float,
+def _status(board: Board, client: TokenClient, issuer: LocalIssuer, now: float,
             duration: float, outage: str) -> list[str]:
     """The live screen's counters, as fields that wrap whole (see :meth:`Screen.live`)."""
     stats = client.stats()
@@ -446,7 +239,7 @@ def _status(board: _Board, client: TokenClient, issuer: LocalIssuer, now: float,
             f"refreshes {stats['background_refreshes']:>5,}"]
 
 
-def _summary(board: _Board, client: TokenClient, issuer: LocalIssuer, options: DemoOptions,
+def _summary(board: Board, client: TokenClient, issuer: LocalIssuer, options: DemoOptions,
              interrupted: bool, *, outage_seen: float | None) -> str:
     """The closing table: one count per line, right-aligned, with what it means.
 

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "GET_GROUPS", "Args", "BadValue", "Flag", "lifetime", "non_negative", "parse_get",
-    "positive", "whole_seconds",
+    "CACHE_DIR", "GET_GROUPS", "Args", "BadValue", "Flag", "lifetime", "non_negative",
+    "parse_get", "positive", "whole_seconds",
 ]
 
 
@@ -117,6 +117,11 @@ def _seconds_or_ten(value: str | None) -> float:
         return 10.0
 
 
+#: ``get``'s, and ``cache list|clear``'s too.
+CACHE_DIR = Flag("--cache-dir", metavar="PATH", env="SWR_TOKEN_CACHE_DIR",
+                 help="the token cache directory (default $XDG_CACHE_HOME/swr_token, else "
+                 "~/.cache/swr_token)")
+
 #: ``get``'s option groups, in the order ``--help`` lists them: (title, mutually exclusive,
 #: flags). ``kind``: ``value`` (one value, the last one given wins), ``switch`` (no value),
 #: ``append`` (repeatable; added to the environment's list).
@@ -177,9 +182,7 @@ GET_GROUPS: tuple[tuple[str, bool, tuple[Flag, ...]], ...] = (
     ("token cache", False, (
         Flag("--no-cache", kind="switch", env="SWR_TOKEN_NO_CACHE", default=_yes,
              help="neither read nor write the token cache"),
-        Flag("--cache-dir", metavar="PATH", env="SWR_TOKEN_CACHE_DIR",
-             help="the token cache directory (default $XDG_CACHE_HOME/swr_token, else "
-             "~/.cache/swr_token)"),
+        CACHE_DIR,
     )),
 )
 

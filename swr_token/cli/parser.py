@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from .._version import __version__
 from .common import EXIT_USAGE, say
-from .flags import GET_GROUPS, Args, BadValue, Flag, lifetime, non_negative, positive
+from .flags import CACHE_DIR, GET_GROUPS, Args, BadValue, Flag, lifetime, non_negative, positive
 
 __all__ = ["build_parser", "parse"]
 
@@ -191,10 +191,8 @@ def _add_cache(commands: Any) -> dict[str, _Parser]:
     listing.add_argument("--json", action="store_true", help="print the entries as JSON")
     clearing: _Parser = actions.add_parser("clear", help="remove every cached token",
                                            allow_abbrev=False)
-    cache_dir = next(flag for _, _, flags in GET_GROUPS for flag in flags
-                     if flag.dest == "cache_dir")
     for action in (listing, clearing):
-        _add_flag(action, cache_dir)
+        _add_flag(action, CACHE_DIR)
     return {"cache": cache, "cache list": listing, "cache clear": clearing}
 
 
