@@ -268,6 +268,17 @@ def test_demo_ends_by_itself_with_a_sane_summary_and_no_token() -> None:
     assert numbers["waits"] >= 1 and "longest" in summary
 
 
+def test_demo_runs_without_the_test_kit() -> None:
+    """The demo's issuer is the library's own; the application never imports its test kit."""
+    probe = ("import sys; from swr_token.cli import main; code = main(['demo', '--duration', "
+             "'0.5']); print(sorted(m for m in sys.modules if m.startswith('swr_token.testing')"
+             " or m == 'argparse'), file=sys.stderr); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=clean_env(), timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "['argparse']"  # demo's flags are argparse's
+
+
 def test_demo_stops_cleanly_on_ctrl_c() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "swr_token", "demo", "--duration", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
