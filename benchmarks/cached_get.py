@@ -7,6 +7,11 @@ uncached one (``--no-cache``, a loopback request each). Wall time from spawn to 
 the child's CPU time (user + system), median and 90th percentile. Bytecode is cached (in a
 temporary ``PYTHONPYCACHEPREFIX``, even under ``PYTHONDONTWRITEBYTECODE``) and each row gets
 one untimed warm-up run, as for an installed package. Prints no token.
+
+``--no-site``: every row runs ``python -S`` (the console script as its file), its modules
+found through ``PYTHONPATH``: no ``.pth`` file or ``sitecustomize`` runs at start-up. Use it
+where an environment's start-up hooks cost more than the command (some sandboxes add tens
+of milliseconds to every interpreter), to see what the command itself costs.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import time
 from swr_token.testing import LocalIssuer
 
 
-def _command() -> list[str]:
+def _command(python: list[str]) -> list[str]:
     """The console script next to this interpreter (what users run), else ``-m``."""
     script = os.path.join(os.path.dirname(sys.executable), "swr-token")
-    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "swr_token"]
+    if not os.access(script, os.X_OK):
+        return [*python, "-m", "swr_token"]
+    return [script] if python == [sys.executable] else [*python, script]
 
 
 def _time(argv: list[str], env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
@@ -51,19 +58,24 @@ def _p90(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cached_get")
     parser.add_argument("--runs", type=int, default=30, help="processes per row (default 30)")
+    parser.add_argument("--no-site", action="store_true",
+                        help="run each row with python -S (no start-up hooks)")
     args = parser.parse_args(argv)
+    python = [sys.executable, "-S"] if args.no_site else [sys.executable]
     with LocalIssuer(lifetime=3600) as issuer, tempfile.TemporaryDirectory() as cache, \
             tempfile.TemporaryDirectory() as pycache:
         env = {name: value for name, value in os.environ.items()
                if name != "PYTHONDONTWRITEBYTECODE"}
         env.update(CLERK_SECRET_KEY=issuer.secret_key, CLERK_API_URL=issuer.clerk_api_url,
                    SWR_TOKEN_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=pycache)
-        get = [*_command(), "get", "--session", "sess_bench"]
+        if args.no_site:  # the same modules, found without site's help
+            env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        get = [*_command(python), "get", "--session", "sess_bench"]
         _time(get, env, 1)  # fill the cache (and the bytecode cache)
         filled = issuer.request_count("clerk")
         rows = [
-            ("python -c pass", [sys.executable, "-c", "pass"]),
-            ('python -c "import requests, jwt"', [sys.executable, "-c", "import requests, jwt"]),
+            ("python -c pass", [*python, "-c", "pass"]),
+            ('python -c "import requests, jwt"', [*python, "-c", "import requests, jwt"]),
             ("swr-token get (cached)", get),
             ("swr-token get --no-cache", [*get, "--no-cache"]),
         ]
@@ -74,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         cached_requests = issuer.request_count("clerk") - filled - args.runs - 1  # no-cache
     base = statistics.median(results[0][1])
     print(f"# {time.strftime('%Y-%m-%d')}  {os.cpu_count()} CPUs  Python "
-          f"{sys.version.split()[0]}  load average {os.getloadavg()[0]:.2f}  "
-          f"{args.runs} runs per row")
+          f"{sys.version.split()[0]}{'  -S' if args.no_site else ''}  load average "
+          f"{os.getloadavg()[0]:.2f}  {args.runs} runs per row")
     print(f"{'command':34} {'wall median':>12} {'wall p90':>9} {'cpu median':>11} "
           f"{'x pass':>7}")
     for label, walls, cpus in results:
