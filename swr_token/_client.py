@@ -9,27 +9,23 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from types import TracebackType
-from typing import Any, TypedDict, Unpack
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 from . import _fork
-from ._cache import Cache, Entry, Flight, Key
+from ._cache import Cache
+from ._checks import seconds
 from ._clock import Clock, SystemClock
-from ._errors import (
-    ClientClosedError,
-    ConfigurationError,
-    TimedOutError,
-    caller_copy,
-)
-from ._executor import DaemonThreadPoolExecutor
-from ._refresh import Counters, ErrorHook, Refresher, TokenHook, release
+from ._entry import Entry, Flight, Published
+from ._errors import ClientClosedError, ConfigurationError, TimedOutError, caller_copy
+from ._refresh import Counters, Refresher
 from ._request import TokenRequest
-from ._retry import RetryPolicy, SourcePacer
+from ._retry import RetryPolicy
+from ._settings import ErrorHook, Hooks, Settings, TokenHook
 from ._store import SharedStore, TokenStore, source_identity
 from ._timer import Timer
 from ._token import (
@@ -38,7 +34,6 @@ from ._token import (
     Freshness,
     Token,
     classify,
-    effective_threshold,
     fingerprint,
 )
 
@@ -47,20 +42,6 @@ __all__ = ["GetTokenOptions", "TokenClient"]
 _log = logging.getLogger("swr_token")
 
 Source = Callable[[TokenRequest], "str | Token"]
-
-
-_KEY_PARTS = ("session_id", "template", "organization_id", "audience")
-
-
-def _check_key(key: Key) -> None:
-    """Each key part is ``None`` or a non-empty string; say which argument is not."""
-    for name, part in zip(_KEY_PARTS, key, strict=True):
-        if part is None:
-            continue
-        if not isinstance(part, str):
-            raise TypeError(f"{name} must be a str or None, got {type(part).__name__}")
-        if not part:
-            raise ConfigurationError(f"{name} must not be empty; pass None to leave it out")
 
 
 class GetTokenOptions(TypedDict, total=False):
@@ -75,12 +56,17 @@ class GetTokenOptions(TypedDict, total=False):
     timeout: float | None
 
 
-def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return float(value)
+class _Read(NamedTuple):
+    """How one call reads: the options of :meth:`TokenClient.get_token` beyond the key."""
+
+    skip_cache: bool = False
+    refresh_if_stale: bool = False
+    threshold: float | None = None
+    timeout: float | None = None
+
+
+#: A plain ``get_token(session_id)``.
+_PLAIN = _Read()
 
 
 class TokenClient:
@@ -140,23 +126,12 @@ class TokenClient:
                 f"source must be callable as source(request) -> str | Token, got "
                 f"{type(source).__name__}"
             )
-        for name, hook, signature in (
-                ("on_token_update", on_token_update, "on_token_update(request, token)"),
-                ("on_refresh_error", on_refresh_error, "on_refresh_error(request, error)"),
-                ("verifier", verifier, "verifier(token)")):
-            if hook is not None and not callable(hook):
-                # Now, not at the first refresh, where it would only be logged.
-                raise ConfigurationError(
-                    f"{name} must be a function called as {signature}, or None; got "
-                    f"{type(hook).__name__}")
-        self._poll_interval = _seconds("poll_interval", poll_interval, allow_zero=False)
-        threshold = _seconds("background_refresh_threshold", background_refresh_threshold)
-        margin_s = self._poll_interval if margin is None else _seconds("margin", margin)
-        fetch_timeout_s = _seconds("fetch_timeout", fetch_timeout, allow_zero=False)
-        max_lifetime_s = _seconds("max_lifetime", max_lifetime, allow_zero=False)
-        max_clock_skew_s = _seconds("max_clock_skew", max_clock_skew)
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
+        hooks = Hooks.checked(on_token_update=on_token_update,
+                              on_refresh_error=on_refresh_error, verifier=verifier)
+        self._settings = settings = Settings.checked(
+            poll_interval=poll_interval, threshold=background_refresh_threshold, margin=margin,
+            fetch_timeout=fetch_timeout, max_entries=max_entries, max_lifetime=max_lifetime,
+            max_clock_skew=max_clock_skew, retry=retry)
         self._clock: Clock = clock or SystemClock()
         self._now = self._clock.deadline
         # The fresh-token read's two clocks; a clock without ``monotonic`` lends its deadline
@@ -164,38 +139,21 @@ class TokenClient:
         self._monotonic: Callable[[], float] = getattr(self._clock, "monotonic",
                                                        self._clock.deadline)
         self._wall: Callable[[], float] = self._clock.wall
-        self._cache = Cache(threshold=threshold, margin=margin_s, max_entries=max_entries,
-                            clock=self._clock, monotonic=self._monotonic)
-        # The hot path reads these dicts without the lock; close() swaps in empty ones.
-        self._entries: dict[Key, Entry] = self._cache.entries
+        self._cache = Cache(threshold=settings.threshold, margin=settings.margin,
+                            max_entries=settings.max_entries, clock=self._clock,
+                            monotonic=self._monotonic)
+        # The hot path reads the cache's session index without the lock, through this
+        # attribute (one load fewer than through the cache); close() swaps in an empty one.
         self._by_session: dict[str | None, Entry] = self._cache.by_session
-        self._owns_executor = executor is None
         self._counters = Counters()
         self._timer = Timer(self._clock)
-        policy = retry or RetryPolicy()
+        self._shared = None if store is None else SharedStore(
+            store, scope=source_identity(source), clock=self._now, wall=self._clock.wall)
         self._refresher = Refresher(
-            self._cache,
-            source,
-            clock=self._clock,
-            timer=self._timer,
-            executor=executor or DaemonThreadPoolExecutor(),
-            foreground_executor=foreground_executor,
-            retry=policy,
-            pacer=SourcePacer(max_retry_after=policy.max_retry_after),
-            fetch_timeout=fetch_timeout_s,
-            counters=self._counters,
-            on_token_update=on_token_update,
-            on_refresh_error=on_refresh_error,
-            started_wall=self._clock.wall(),
-            started_deadline=self._now(),
-            verifier=verifier,
-            shared=None if store is None else SharedStore(
-                store, scope=source_identity(source), clock=self._now, wall=self._clock.wall),
-            max_lifetime=max_lifetime_s,
-            max_clock_skew=max_clock_skew_s,
-        )
+            self._cache, source, settings, hooks, clock=self._clock, timer=self._timer,
+            counters=self._counters, executor=executor,
+            foreground_executor=foreground_executor, shared=self._shared)
         self._polling = False
-        self._closed = False
         # A fork that ran no at-fork hook is noticed here, on every path but the fresh read.
         self._pid_watch = _fork.PidWatch()
         _fork.register(self)
@@ -233,7 +191,7 @@ class TokenClient:
                         entry.last_read = now  # a plain store: "read since its fetch"
                         self._counters.hits += 1
                         return snap.raw
-        return self._get((session_id, None, None, None), False, False, None, None).raw
+        return self._get(TokenRequest(session_id), _PLAIN).raw
 
     def _get_token(
         self,
@@ -248,17 +206,17 @@ class TokenClient:
         timeout: float | None = None,
     ) -> str:
         """:meth:`get_token` with its options spelled out: the public signature."""
-        key = (session_id, template, organization_id, audience)
+        request = TokenRequest(session_id, template, organization_id, audience)
         if not (skip_cache or refresh_if_stale) and background_refresh_threshold is None:
             try:
-                entry = self._entries.get(key)
+                entry = self._cache.entries.get(request)
             except TypeError:  # an unhashable key part: _get says which argument
                 entry = None
             raw = self._serve_fresh(entry)
             if raw is not None:
                 return raw
-        return self._get(key, skip_cache, refresh_if_stale, background_refresh_threshold,
-                         timeout).raw
+        return self._get(request, _Read(skip_cache, refresh_if_stale,
+                                        background_refresh_threshold, timeout)).raw
 
     get_token.__signature__ = inspect.signature(_get_token)  # type: ignore[attr-defined]
 
@@ -295,81 +253,57 @@ class TokenClient:
     ) -> Token:
         """Like :meth:`get_token`, returning the :class:`Token` (``raw``, ``expires_at``,
         ``remaining()``)."""
-        return self._get((session_id, template, organization_id, audience), skip_cache,
-                         refresh_if_stale, background_refresh_threshold, timeout)
+        return self._get(TokenRequest(session_id, template, organization_id, audience),
+                         _Read(skip_cache, refresh_if_stale, background_refresh_threshold,
+                               timeout))
 
-    def _get(self, key: Key, skip_cache: bool, refresh_if_stale: bool,
-             threshold: float | None, timeout: float | None) -> Token:
+    def _get(self, request: TokenRequest, read: _Read) -> Token:
+        """The decision table (SPEC section 3) for everything but a fresh plain read."""
         self._pid_watch.check(self)
-        _check_key(key)
-        if timeout is not None:
-            timeout = _seconds("timeout", timeout, allow_zero=False)
-        if threshold is not None:
-            threshold = _seconds("background_refresh_threshold", threshold)
-        if self._closed:
-            raise ClientClosedError("this TokenClient is closed; create a new one")
+        request = TokenRequest.checked(*request)
+        timeout = None if read.timeout is None else seconds("timeout", read.timeout,
+                                                             allow_zero=False)
+        threshold = None if read.threshold is None else seconds(
+            "background_refresh_threshold", read.threshold)
+        self._check_open()
         now = self._now()
         self._ensure_polling()
-        if skip_cache:
-            with self._cache.lock:
-                self._check_open()
-                flight = self._refresher.start(self._cache.entry_for(key, now),
-                                               background=False, own=True)
-            self._refresher.wait_budget(flight, timeout)
-            self._refresher.dispatch(flight)
-            return self._wait(flight, timeout)
-
-        entry = self._entries.get(key)
-        snap = entry.resolved if entry is not None else None
-        if entry is not None and snap is not None:
-            limit = snap.threshold
-            if threshold is not None:
-                limit = effective_threshold(threshold, snap.token.lifetime, snap.margin)
-            zone = classify(snap.deadline - now, limit, snap.margin)
-            if zone is Freshness.FRESH or (zone is Freshness.STALE and not refresh_if_stale):
-                entry.last_read = self._monotonic()
-                if zone is Freshness.FRESH:
-                    self._counters.hits += 1
-                else:
-                    self._counters.stale_serves += 1
-                    self._refresh_in_background(entry, now)
-                return snap.token
-
+        if read.skip_cache:
+            return self._wait(self._refresher.fetch_own(request, now, timeout), timeout)
+        token = self._serve_cached(request, now, threshold, read.refresh_if_stale)
+        if token is not None:
+            return token
         # Critical, expired, nothing cached, or a stale token the caller wants refreshed.
-        with self._cache.lock:
-            self._check_open()
-            entry = self._cache.entry_for(key, now)
-            running = entry.flight
-            error = None
-            start = running is None
-            promote = False
-            if running is not None:
-                flight = running
-                promote = self._refresher.join(flight)
-            elif entry.fail_error is not None and now < entry.fail_until:
-                error = entry.fail_error
-            else:
-                flight = self._refresher.start(entry, background=False)
-            if error is None:
-                self._refresher.wait_budget(flight, timeout)
-        if error is not None:
-            # Fail fast: the issuer just failed and nothing servable exists. Each caller
-            # raises its own copy, so the shared failure's traceback does not grow.
-            raise caller_copy(error)
-        if start:
-            self._refresher.dispatch(flight)
-        elif promote:
-            _log.debug("%s: took over its refresh queued behind background work; runs now",
-                       flight.request.describe())
-            self._refresher.run_now(flight)  # it was queued behind other keys' refreshes
+        return self._wait(self._refresher.fetch_for_callers(request, now, timeout), timeout)
+
+    def _serve_cached(self, request: TokenRequest, now: float, threshold: float | None,
+                      refresh_if_stale: bool) -> Token | None:
+        """The cached token if its zone lets this call have it (a stale one starts a
+        background refresh); ``None`` when the caller must wait for a fetch."""
+        entry = self._cache.get(request)
+        snap = entry.resolved if entry is not None else None
+        if entry is None or snap is None:
+            return None
+        limit = snap.threshold
+        if threshold is not None:
+            limit = self._cache.threshold_for(threshold, snap.token.lifetime, snap.margin)
+        zone = classify(snap.deadline - now, limit, snap.margin)
+        if zone is Freshness.CRITICAL or (zone is Freshness.STALE and refresh_if_stale):
+            return None
+        entry.last_read = self._monotonic()
+        if zone is Freshness.FRESH:
+            self._counters.hits += 1
         else:
-            _log.debug("%s: waiting for the fetch already running", flight.request.describe())
-        return self._wait(flight, timeout)
+            self._counters.stale_serves += 1
+            self._refresher.refresh(entry, now)
+        return snap.token
 
     def _wait(self, flight: Flight, timeout: float | None) -> Token:
         self._counters.waits += 1
+        future = flight.future
+        assert future is not None  # a flight handed to a caller was made with its future
         try:
-            error = flight.future.exception(timeout)
+            error = future.exception(timeout)
         except FuturesTimeout:
             last = flight.last_error
             raise TimedOutError(
@@ -382,25 +316,7 @@ class TokenClient:
         if error is not None:
             # Shared by every waiter of the flight: each raises its own copy.
             raise caller_copy(error) if isinstance(error, Exception) else error
-        return flight.future.result()
-
-    def _refresh_in_background(self, entry: Entry, now: float) -> None:
-        """Start one background refresh for a stale key unless one runs or it backs off."""
-        if entry.flight is not None:
-            return
-        pacer = self._refresher.pacer
-        if entry.backoff_until > now and entry.backoff_epoch == pacer.recoveries:
-            return
-        with self._cache.lock:
-            snap = entry.resolved
-            if (self._closed or entry.flight is not None or snap is None
-                    or self._entries.get(entry.key) is not entry):
-                return
-            flight = self._refresher.start(entry, background=True,
-                                           stop_at=snap.deadline - snap.margin)
-        _log.debug("%s is stale (%.1f s left): served at once while a background refresh "
-                   "runs", flight.request.describe(), snap.deadline - now)
-        self._refresher.dispatch(flight)
+        return future.result()
 
     # -- poller ---------------------------------------------------------------------------
 
@@ -408,28 +324,26 @@ class TokenClient:
         if self._polling:
             return
         with self._cache.lock:
-            if self._polling or self._closed:
+            if self._polling or self._cache.closed:
                 return
             self._polling = True
-        self._schedule_tick(self._now() + self._poll_interval)
-        if self._refresher.shared is not None:
-            self._refresher.shared.listen(self._accept_drop)
+        self._schedule_tick(self._now() + self._settings.poll_interval)
+        if self._shared is not None:
+            self._shared.listen(self._accept_drop)
 
-    def _accept_drop(self, key: Key, dropped: str) -> None:
+    def _accept_drop(self, request: TokenRequest, dropped: str) -> None:
         """Another process dropped a token (invalidated or rejected): if this process
         serves that very token for that key, stop serving it; never adopt it again."""
-        shared = self._refresher.shared
         with self._cache.lock:
-            if self._closed:
+            if self._cache.closed:
                 return
-            entry = self._entries.get(key)
+            entry = self._cache.get(request)
             snap = entry.resolved if entry is not None else None
             if entry is None or snap is None or fingerprint(snap.raw) != dropped:
                 return  # not held here: nothing to forget (a flood costs no memory)
-            self._cache.drop(entry, self._now())
-            entry.flight = None
-        if shared is not None:
-            shared.forget(dropped, snap.token.expires_at, is_fingerprint=True)
+            self._refresher.drop_locked(entry, self._now())
+        if self._shared is not None:
+            self._shared.forget(dropped, snap.token.expires_at, is_fingerprint=True)
 
     def _schedule_tick(self, when: float) -> None:
         # Weakly: a client dropped without close() must still be collectable, its poller
@@ -447,15 +361,14 @@ class TokenClient:
         """One poller tick: refresh stale keys that are being read; evict dead ones."""
         now = self._now()
         with self._cache.lock:
-            if self._closed:
+            if self._cache.closed:
                 return
             if self._cache.rebase_if_clocks_moved():
                 _log.debug("the machine was suspended or the wall clock stepped; "
                            "the fresh-token bounds follow the clocks again")
             due = self._cache.pop_due(now)
-        for entry in due:
-            self._refresh_in_background(entry, now)
-        self._schedule_tick(now + self._poll_interval)
+        self._refresher.refresh_due(due, now)
+        self._schedule_tick(now + self._settings.poll_interval)
 
     # -- management ---------------------------------------------------------------------
 
@@ -473,40 +386,41 @@ class TokenClient:
         Returns whether a token was dropped. A refresh already running may still publish a
         newer token, never this one or an older one.
         """
-        _check_key((session_id, template, organization_id, audience))
+        request = TokenRequest.checked(session_id, template, organization_id, audience)
         raw = token.raw if isinstance(token, Token) else token
-        key: Key = (session_id, template, organization_id, audience)
         self._pid_watch.check(self)
-        shared = self._refresher.shared
         with self._cache.lock:
-            entry = self._entries.get(key)
+            entry = self._cache.get(request)
             held = entry.resolved if entry is not None else None
-            if entry is None or held is None or (raw is not None and held.raw != raw):
-                snap = None
-            else:
-                snap = self._cache.drop(entry, self._now())
-                # A fetch already running may return the very token dropped here (an issuer
-                # that re-serves it): callers arriving from now on must not join it. It runs
-                # on and may still publish a newer token; the freshness guard refuses this one.
-                entry.flight = None
-        if shared is not None and (snap is not None or raw):
-            # Fleet-wide: out of the store (unless a newer token replaced it there), and the
-            # other processes holding it are told to stop serving it. A named token goes even
-            # when this process no longer holds it.
-            dropped = snap.raw if snap is not None else str(raw)
-            expires = snap.token.expires_at if snap is not None else self._clock.wall() + 86400
-            shared.drop(key, dropped, expires)
+            snap = None
+            if entry is not None and held is not None and raw in (None, held.raw):
+                snap = self._refresher.drop_locked(entry, self._now())
+        if self._shared is not None and (snap is not None or raw):
+            self._drop_shared(request, snap, raw)
         return snap is not None
+
+    def _drop_shared(self, request: TokenRequest, snap: Published | None, raw: str | None) -> None:
+        """Fleet-wide: out of the store (unless a newer token replaced it there), and the
+        other processes holding it are told to stop serving it. A named token goes even when
+        this process no longer holds it."""
+        assert self._shared is not None
+        if snap is not None:
+            self._shared.drop(request, snap.raw, snap.token.expires_at)
+        else:
+            self._shared.drop(request, str(raw), self._clock.wall() + 86400)
 
     def stats(self) -> dict[str, int]:
         """Counters since creation (approximate under concurrency: the hot path takes no lock).
 
         ``hits``, ``stale_serves``, ``waits``, ``fetches`` (upstream attempts),
-        ``background_refreshes``, ``failures``, ``entries``, ``in_flight``. A forked child
-        starts from zero.
+        ``background_refreshes``, ``failures``, ``entries``, ``in_flight``, ``parked`` (keys
+        whose refresh waits for the failing source to answer a probe) and
+        ``waiting_for_slot`` (fetches callers wait on, queued for the paced source's next
+        attempt). A forked child starts from zero.
         """
         self._pid_watch.check(self)
         c = self._counters
+        parked, waiting = self._refresher.parked()
         return {
             "hits": c.hits,
             "stale_serves": c.stale_serves,
@@ -514,12 +428,14 @@ class TokenClient:
             "fetches": c.fetches,
             "background_refreshes": c.background_refreshes,
             "failures": c.failures,
-            "entries": len(self._entries),
-            "in_flight": len(self._refresher.flights),
+            "entries": len(self._cache.entries),
+            "in_flight": self._refresher.in_flight(),
+            "parked": parked,
+            "waiting_for_slot": waiting,
         }
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._cache.closed:
             raise ClientClosedError("this TokenClient is closed; create a new one")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -529,20 +445,15 @@ class TokenClient:
         :class:`ClientClosedError`; never waits for a request in flight. Idempotent."""
         self._pid_watch.check(self)
         with self._cache.lock:
-            if self._closed:
+            if self._cache.closed:
                 return
-            self._closed = True
-            flights = self._refresher.close()
-            self._cache.clear()
-            self._entries = self._cache.entries
+            self._cache.close()
             self._by_session = self._cache.by_session
-        release(flights, ClientClosedError(
-            "the TokenClient was closed while this call waited for a token"))
+            flights = self._refresher.close_locked()
+        self._refresher.release(flights)
         self._timer.close()
-        if self._refresher.shared is not None:
-            self._refresher.shared.close()
-        if self._owns_executor:
-            self._refresher.executor.shutdown(wait=False, cancel_futures=True)
+        if self._shared is not None:
+            self._shared.close()
 
     def __enter__(self) -> TokenClient:
         return self
@@ -557,17 +468,14 @@ class TokenClient:
         self._cache.reset_after_fork()
         self._counters.reset()
         self._refresher.reset_after_fork()
-        self._refresher.pacer.reset_after_fork()
         self._timer.reset_after_fork()
-        if self._refresher.shared is not None:
-            self._refresher.shared.reset_after_fork()
+        if self._shared is not None:
+            self._shared.reset_after_fork()
         self._polling = False
-        if self._owns_executor:
-            self._refresher.executor = DaemonThreadPoolExecutor()
         self._pid_watch.ran_hook()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._entries)} keys"
+        state = "closed" if self._cache.closed else f"{len(self._cache.entries)} keys"
         return f"<TokenClient {state}>"
 
     def __getstate__(self) -> Any:

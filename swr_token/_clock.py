@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -49,6 +50,12 @@ def _deadline_source() -> Callable[[], float]:
     return time.monotonic  # pragma: no cover - non-Linux
 
 
+class _ManualTimer(Protocol):
+    def run_due(self) -> int: ...
+
+    def next_due(self) -> float | None: ...
+
+
 class SystemClock:
     """The real clocks. ``deadline`` is ``CLOCK_BOOTTIME`` where available."""
 
@@ -73,6 +80,8 @@ class FakeClock:
     ``advance(s)`` moves all three clocks and runs the client's due timers in the calling
     thread; ``step_wall(s)`` moves only the wall clock (an NTP step); ``suspend(s)`` moves the
     deadline and wall clocks but not the monotonic one (a laptop lid closed, a VM paused).
+    ``run_due()`` runs what is due without moving, ``next_due()`` says when the next timer
+    of any client on this clock falls due (retries, watchdogs, the poller's ticks).
     """
 
     manual = True
@@ -85,6 +94,8 @@ class FakeClock:
         self._monotonic = float(monotonic)
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
+        # The clients' timers, weakly: a client dropped without close() must not be kept.
+        self._timers: weakref.WeakSet[_ManualTimer] = weakref.WeakSet()
         self.deadline: Callable[[], float] = self._read_deadline
         self.wall: Callable[[], float] = self._read_wall
         self.monotonic: Callable[[], float] = self._read_monotonic
@@ -102,17 +113,37 @@ class FakeClock:
         with self._lock:
             self._callbacks.append(callback)
 
+    def attach_timer(self, timer: _ManualTimer) -> None:
+        """Called by a client's timer on this clock: it runs when the clock moves."""
+        with self._lock:
+            self._timers.add(timer)
+
     def advance(self, seconds: float) -> None:
-        """Move both clocks forward and run whatever timers fall due."""
+        """Move all three clocks forward and run whatever timers fall due."""
         if seconds < 0:
             raise ValueError("a FakeClock only moves forward; use step_wall for wall steps")
         with self._lock:
             self._deadline += seconds
             self._wall += seconds
             self._monotonic += seconds
+        self.run_due()
+
+    def run_due(self) -> int:
+        """Run every timer callback that is due now, in this thread; returns how many ran."""
+        with self._lock:
             callbacks = list(self._callbacks)
+            timers = list(self._timers)
         for callback in callbacks:
             callback()
+        return sum(timer.run_due() for timer in timers)
+
+    def next_due(self) -> float | None:
+        """The deadline-clock time of the soonest pending timer of any client on this clock,
+        or ``None`` if nothing is scheduled."""
+        with self._lock:
+            timers = list(self._timers)
+        dues = [due for due in (timer.next_due() for timer in timers) if due is not None]
+        return min(dues, default=None)
 
     def suspend(self, seconds: float) -> None:
         """Sleep the machine for ``seconds``: the deadline and wall clocks move on, the
@@ -123,10 +154,6 @@ class FakeClock:
         with self._lock:
             self._deadline += seconds
             self._wall += seconds
-
-    def set_wall(self, wall: float) -> None:
-        """Set the wall clock, leaving the deadline clock where it is."""
-        self._wall = float(wall)
 
     def step_wall(self, seconds: float) -> None:
         """Step the wall clock by ``seconds`` (either way), leaving the deadline clock alone."""

@@ -37,6 +37,11 @@ class DaemonThreadPoolExecutor(Executor):
         self._idle = 0
         self._shutdown = False
 
+    @property
+    def max_workers(self) -> int:
+        """How many tasks run at once (the engine starts at most this many drain tasks)."""
+        return self._max_workers
+
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> Future[_T]:
@@ -100,6 +105,9 @@ class DaemonThreadPoolExecutor(Executor):
 
 class InlineExecutor(Executor):
     """Runs each task in the submitting thread: deterministic, for tests on a fake clock."""
+
+    #: One task at a time: the submitting thread.
+    max_workers = 1
 
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs

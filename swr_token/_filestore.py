@@ -36,10 +36,14 @@ from ._errors import ConfigurationError
 
 TYPE_CHECKING = False  # not typing's: a cached `swr-token get` must not import typing
 if TYPE_CHECKING:
-    from ._cache import Key
+    from ._request import TokenRequest
     from ._store import StoredToken
 
 __all__ = ["FileEntry", "FileStore", "default_cache_dir"]
+
+#: A key as its four parts: a TokenRequest, or the plain tuple the cached CLI path builds
+#: (a TokenRequest would import typing there).
+KeyParts = tuple[str | None, str | None, str | None, str | None]
 
 _ENTRY = ".tok"
 _LOCK = ".lock"
@@ -64,7 +68,7 @@ class FileEntry:
 
     __slots__ = ("fingerprint", "key", "scope", "token")
 
-    def __init__(self, scope: str, key: Key, token: StoredToken, fingerprint: str) -> None:
+    def __init__(self, scope: str, key: TokenRequest, token: StoredToken, fingerprint: str) -> None:
         self.scope = scope
         self.key = key
         self.token = token
@@ -79,7 +83,7 @@ class _Record:
 
     __slots__ = ("expires_at", "issued_at", "key", "raw", "scope")
 
-    def __init__(self, scope: str, key: Key, raw: str, expires_at: float,
+    def __init__(self, scope: str, key: TokenRequest, raw: str, expires_at: float,
                  issued_at: float | None) -> None:
         self.scope = scope
         self.key = key
@@ -99,10 +103,12 @@ class _Held:
         self.pid = os.getpid()
 
 
-def _decode_key(value: object) -> Key | None:
+def _decode_key(value: object) -> TokenRequest | None:
     if (isinstance(value, list) and len(value) == 4
             and all(part is None or isinstance(part, str) for part in value)):
-        return (value[0], value[1], value[2], value[3])
+        # A plain tuple equals the TokenRequest (a NamedTuple) it stands for; building one
+        # would import typing on the cached CLI path.
+        return (value[0], value[1], value[2], value[3])  # type: ignore[return-value]
     return None
 
 
@@ -187,14 +193,14 @@ class FileStore:
             with contextlib.suppress(OSError):
                 os.chmod(where, 0o700)
 
-    def _name(self, scope: str, key: Key) -> str:
+    def _name(self, scope: str, key: KeyParts) -> str:
         digest = hashlib.sha256(json.dumps([scope, *key], separators=(",", ":"))
                                 .encode("utf-8", "surrogatepass")).hexdigest()[:40]
         return os.path.join(self._dir, digest)
 
     # -- tokens ---------------------------------------------------------------------------
 
-    def get(self, scope: str, key: Key) -> StoredToken | None:
+    def get(self, scope: str, key: TokenRequest) -> StoredToken | None:
         """The stored token for ``key`` of the source ``scope``, if one is there and still
         alive; anything unusable reads as nothing."""
         found = self.peek(scope, key)
@@ -204,7 +210,7 @@ class FileStore:
 
         return StoredToken(*found)
 
-    def peek(self, scope: str, key: Key) -> tuple[str, float, float | None] | None:
+    def peek(self, scope: str, key: KeyParts) -> tuple[str, float, float | None] | None:
         """Like :meth:`get`, as ``(raw, expires_at, issued_at)``: for a caller that must
         start fast (the CLI's cached path) and so loads nothing of the engine."""
         path = self._name(scope, key) + _ENTRY
@@ -262,7 +268,7 @@ class FileStore:
             return None
         return _Record(scope, key, raw, expires_at, issued_at)
 
-    def put(self, scope: str, key: Key, token: StoredToken) -> None:
+    def put(self, scope: str, key: TokenRequest, token: StoredToken) -> None:
         """Store ``token`` for ``key`` (kept until it expires), atomically, unless the entry
         already holds a newer one."""
         if not token.raw or len(token.raw) > self._max_token:
@@ -299,7 +305,7 @@ class FileStore:
                 os.unlink(temp)
             raise
 
-    def delete(self, scope: str, key: Key, raw: str) -> None:
+    def delete(self, scope: str, key: TokenRequest, raw: str) -> None:
         """Remove the entry for ``key`` only if it still holds ``raw`` (compare-and-delete)."""
         self._remove_if(self._name(scope, key) + _ENTRY, raw)
 
@@ -332,7 +338,7 @@ class FileStore:
     def _open_lock(self, path: str) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
-    def try_lock(self, scope: str, key: Key) -> object | None:
+    def try_lock(self, scope: str, key: TokenRequest) -> object | None:
         """Take this host's refresh lock for ``key``: a handle, or ``None`` if another
         process (or another thread here) holds it. Never blocks."""
         path = self._name(scope, key) + _LOCK
@@ -358,7 +364,7 @@ class FileStore:
             os.close(fd)  # we locked a file that was swept: lock the one now at that path
         return None
 
-    def unlock(self, scope: str, key: Key, handle: object) -> None:
+    def unlock(self, scope: str, key: TokenRequest, handle: object) -> None:
         """Release a lock taken by :meth:`try_lock` in this process."""
         with self._guard:
             held = self._held.pop(id(handle), None)
@@ -369,7 +375,7 @@ class FileStore:
         finally:
             os.close(held.fd)
 
-    def wait(self, scope: str, key: Key, timeout: float) -> StoredToken | None:
+    def wait(self, scope: str, key: TokenRequest, timeout: float) -> StoredToken | None:
         """Wait up to ``timeout`` seconds for the lock holder's token, then read once.
 
         Polls the entry and the lock in short, growing sleeps (5 to 50 ms): it returns as
@@ -421,7 +427,7 @@ class FileStore:
             return None
         return (info.st_ino, info.st_mtime_ns, info.st_size)
 
-    def listen(self, callback: Callable[[str, Key, str], None]) -> None:
+    def listen(self, callback: Callable[[str, TokenRequest, str], None]) -> None:
         """A no-op: files cannot announce. Other processes see a new or dropped token when
         they next read the store (on a miss, a critical read or a refresh)."""
 

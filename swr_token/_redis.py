@@ -35,9 +35,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
-from ._cache import Key
 from ._clock import Clock, SystemClock
 from ._errors import ConfigurationError
+from ._request import TokenRequest
 from ._store import MAX_SHARED_LIFETIME, StoredToken
 from ._token import fingerprint
 
@@ -85,7 +85,7 @@ def _hash(text: str, size: int) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:size]
 
 
-def _key_list(key: Key) -> list[str | None]:
+def _key_list(key: TokenRequest) -> list[str | None]:
     return list(key)
 
 
@@ -198,7 +198,7 @@ class RedisStore:
         # What the lock script read, for this thread's next get of that entry (one use).
         self._locked_read = threading.local()
         self._stop = threading.Event()
-        self._callbacks: list[Callable[[str, Key, str], None]] = []
+        self._callbacks: list[Callable[[str, TokenRequest, str], None]] = []
         self._subscriber: threading.Thread | None = None
         self._renewer: threading.Thread | None = None
         self._origin = secrets.token_hex(8)
@@ -219,7 +219,7 @@ class RedisStore:
                     self._scopes.popitem(last=False)
         return scope_hash
 
-    def _names(self, scope: str, key: Key) -> tuple[str, str, str]:
+    def _names(self, scope: str, key: TokenRequest) -> tuple[str, str, str]:
         """(scope hash, token key, lock key): one hash tag, so one cluster slot."""
         scope_hash = self._scope_hash(scope)
         key_hash = _hash(json.dumps(_key_list(key), separators=(",", ":")), 24)
@@ -260,7 +260,8 @@ class RedisStore:
             return "a value that does not parse"
         return body if isinstance(body, dict) else "a value that is not an object"
 
-    def _entry(self, scope_hash: str, key: Key, name: str, value: object) -> StoredToken | None:
+    def _entry(self, scope_hash: str, key: TokenRequest, name: str, value: object
+               ) -> StoredToken | None:
         if value is None:
             return None
         body = self._open("entry", name, value, MAX_ENTRY_BYTES)
@@ -286,7 +287,7 @@ class RedisStore:
 
     # -- tokens -------------------------------------------------------------------------
 
-    def get(self, scope: str, key: Key) -> StoredToken | None:
+    def get(self, scope: str, key: TokenRequest) -> StoredToken | None:
         scope_hash, name, _ = self._names(scope, key)
         read = getattr(self._locked_read, "value", None)
         self._locked_read.value = None
@@ -295,7 +296,7 @@ class RedisStore:
         value = read[1] if fresh and read is not None else self._redis.get(name)
         return self._entry(scope_hash, key, name, value)
 
-    def put(self, scope: str, key: Key, token: StoredToken) -> None:
+    def put(self, scope: str, key: TokenRequest, token: StoredToken) -> None:
         scope_hash, name, lock = self._names(scope, key)
         ttl = min(token.expires_at - self._wall(), MAX_SHARED_LIFETIME)
         if not ttl > 0:
@@ -311,7 +312,7 @@ class RedisStore:
         else:  # this process's refresh: write and release together (unlock then is free)
             self._put_release(keys=[name, lock], args=[value, ms, owner])
 
-    def delete(self, scope: str, key: Key, raw: str) -> None:
+    def delete(self, scope: str, key: TokenRequest, raw: str) -> None:
         """Compare-and-delete (the exact stored value, so a newer entry survives), then tell
         the other processes, which stop serving that token if they hold it."""
         scope_hash, name, _ = self._names(scope, key)
@@ -325,7 +326,7 @@ class RedisStore:
 
     # -- fleet-wide refresh lock --------------------------------------------------------------
 
-    def try_lock(self, scope: str, key: Key) -> object | None:
+    def try_lock(self, scope: str, key: TokenRequest) -> object | None:
         _, entry, name = self._names(scope, key)
         owner = secrets.token_hex(16)
         answer = self._lock_read(keys=[name, entry], args=[owner, self._lease_ms])
@@ -337,7 +338,7 @@ class RedisStore:
         self._locked_read.value = (entry, answer[1] or None)
         return (name, owner)
 
-    def unlock(self, scope: str, key: Key, handle: object) -> None:
+    def unlock(self, scope: str, key: TokenRequest, handle: object) -> None:
         name, owner = cast("tuple[str, str]", handle)
         self._locked_read.value = None
         with self._lock:
@@ -364,7 +365,7 @@ class RedisStore:
 
     # -- waiting for another process's refresh ----------------------------------------------
 
-    def wait(self, scope: str, key: Key, timeout: float) -> StoredToken | None:
+    def wait(self, scope: str, key: TokenRequest, timeout: float) -> StoredToken | None:
         """Poll the one entry (and its lock) with a growing pause, 20 ms up to 250 ms, for
         at most ``min(timeout, wait)`` seconds; return early when the entry changes or the
         lock is released. About 5 polls for a 200 ms refresh, 25 at most in 5 s."""
@@ -388,7 +389,7 @@ class RedisStore:
 
     # -- drop notices ---------------------------------------------------------------------
 
-    def listen(self, callback: Callable[[str, Key, str], None]) -> None:
+    def listen(self, callback: Callable[[str, TokenRequest, str], None]) -> None:
         with self._lock:
             if callback not in self._callbacks:
                 self._callbacks.append(callback)
@@ -433,17 +434,16 @@ class RedisStore:
             if isinstance(body, str):
                 self._notices.bad(body.replace("value", "drop notice"))
                 return
-            key, scope, fp = body.get("k"), self._scopes.get(str(body.get("s"))), body.get("f")
-            if not (isinstance(key, list) and len(key) == 4
-                    and all(part is None or isinstance(part, str) for part in key)
-                    and isinstance(fp, str) and len(fp) == 10):
+            request = TokenRequest.parse(body.get("k"))
+            scope, fp = self._scopes.get(str(body.get("s"))), body.get("f")
+            if request is None or not (isinstance(fp, str) and len(fp) == 10):
                 self._notices.bad("a malformed drop notice")
                 return
             self._notices.good()
             if scope is None or body.get("o") == self._origin:
                 return  # another service's scope, or our own notice
             for callback in list(self._callbacks):
-                callback(scope, (key[0], key[1], key[2], key[3]), fp)
+                callback(scope, request, fp)
         except Exception:
             _log.exception("handling a drop notice failed; listening on")
 

@@ -1,11 +1,13 @@
-"""The request a source receives: which token is wanted."""
+"""The request a source receives, which is also the cache key: which token is wanted."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import NamedTuple
+
+from ._errors import ConfigurationError
 
 __all__ = ["TokenRequest", "attempt_budget", "attempt_budget_of"]
 
@@ -14,18 +16,47 @@ __all__ = ["TokenRequest", "attempt_budget", "attempt_budget_of"]
 # timeout= (the CLI's --timeout) bounds the whole wait, not the source's 10 s defaults.
 _BUDGET: ContextVar[float | None] = ContextVar("swr_token_attempt_budget", default=None)
 
+_PART_NAMES = ("session_id", "template", "organization_id", "audience")
 
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
+
+class TokenRequest(NamedTuple):
     """Which token a source should mint. ``None`` parts are simply absent.
 
-    The four parts are also the cache key: different requests never share a token or a fetch.
+    The four parts are also the cache key, everywhere (cache, stores, sources): different
+    requests never share a token or a fetch. A tuple, so it hashes and compares as one, and
+    stores may treat it as the 4-tuple ``(session_id, template, organization_id, audience)``.
     """
 
     session_id: str | None = None
     template: str | None = None
     organization_id: str | None = None
     audience: str | None = None
+
+    @classmethod
+    def checked(cls, session_id: object = None, template: object = None,
+                organization_id: object = None, audience: object = None) -> TokenRequest:
+        """The request for a caller's arguments: each part ``None`` or a non-empty ``str``.
+
+        Raises ``TypeError`` or :class:`ConfigurationError` naming the argument that is not.
+        """
+        parts = (session_id, template, organization_id, audience)
+        for name, part in zip(_PART_NAMES, parts, strict=True):
+            if part is None:
+                continue
+            if not isinstance(part, str):
+                raise TypeError(f"{name} must be a str or None, got {type(part).__name__}")
+            if not part:
+                raise ConfigurationError(f"{name} must not be empty; pass None to leave it out")
+        return cls(*parts)  # type: ignore[arg-type]
+
+    @classmethod
+    def parse(cls, value: object) -> TokenRequest | None:
+        """A key read back from outside (a store entry, a drop notice), or ``None`` if it is
+        not four parts each ``None`` or a ``str``."""
+        if (isinstance(value, list | tuple) and len(value) == 4
+                and all(part is None or isinstance(part, str) for part in value)):
+            return cls(*value)
+        return None
 
     def describe(self) -> str:
         """A log-safe description of the key (ids are not secrets)."""

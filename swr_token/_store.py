@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ._cache import Key
+from ._request import TokenRequest
 from ._token import Token, fingerprint
 
 __all__ = ["SharedStore", "StoredToken", "TokenStore", "source_identity"]
@@ -118,28 +118,28 @@ class TokenStore(Protocol):
     (a 4-tuple of ``str | None``). Values read back must be for exactly that scope and key.
     """
 
-    def get(self, scope: str, key: Key) -> StoredToken | None:
+    def get(self, scope: str, key: TokenRequest) -> StoredToken | None:
         """The shared token for ``key``, if any."""
 
-    def put(self, scope: str, key: Key, token: StoredToken) -> None:
+    def put(self, scope: str, key: TokenRequest, token: StoredToken) -> None:
         """Store ``token`` for ``key``, kept until ``token.expires_at``."""
 
-    def delete(self, scope: str, key: Key, raw: str) -> None:
+    def delete(self, scope: str, key: TokenRequest, raw: str) -> None:
         """Remove the entry only if it still holds ``raw`` (a newer token survives), and
         announce the drop to other processes where the store can."""
 
-    def try_lock(self, scope: str, key: Key) -> object | None:
+    def try_lock(self, scope: str, key: TokenRequest) -> object | None:
         """Take the fleet-wide refresh lock for ``key``: a handle, or ``None`` if another
         process holds it."""
 
-    def unlock(self, scope: str, key: Key, handle: object) -> None:
+    def unlock(self, scope: str, key: TokenRequest, handle: object) -> None:
         """Release a lock this process holds (only if it still owns it)."""
 
-    def wait(self, scope: str, key: Key, timeout: float) -> StoredToken | None:
+    def wait(self, scope: str, key: TokenRequest, timeout: float) -> StoredToken | None:
         """Wait at most ``timeout`` seconds for another process's ``put`` of ``key``; the
         newest entry then (possibly the old one), or ``None``."""
 
-    def listen(self, callback: Callable[[str, Key, str], None]) -> None:
+    def listen(self, callback: Callable[[str, TokenRequest, str], None]) -> None:
         """Call ``callback(scope, key, fingerprint)`` when another process drops a token
         (``fingerprint`` as in ``Token.fingerprint``); a no-op for stores that cannot."""
 
@@ -220,7 +220,7 @@ class SharedStore:
     def was_dropped(self, raw: str) -> bool:
         return fingerprint(raw) in self._dropped
 
-    def drop(self, key: Key, raw: str, expires_at: float) -> None:
+    def drop(self, key: TokenRequest, raw: str, expires_at: float) -> None:
         """A token was invalidated or rejected here: never adopt it again, remove it from the
         store unless a newer one replaced it, and let the store tell the others."""
         self.forget(raw, expires_at)
@@ -228,20 +228,20 @@ class SharedStore:
 
     # -- reading and writing --------------------------------------------------------------
 
-    def listen(self, callback: Callable[[Key, str], None]) -> None:
+    def listen(self, callback: Callable[[TokenRequest, str], None]) -> None:
         """``callback(key, fingerprint)`` for drops in this client's scope elsewhere."""
         if self._listening:
             return
         self._listening = True
         scope = self.scope
 
-        def on_drop(dropped_scope: str, key: Key, fp: str) -> None:
+        def on_drop(dropped_scope: str, key: TokenRequest, fp: str) -> None:
             if dropped_scope == scope:
                 callback(key, fp)
 
         self._call("listen", lambda: self.store.listen(on_drop), None)
 
-    def put(self, key: Key, token: StoredToken) -> None:
+    def put(self, key: TokenRequest, token: StoredToken) -> None:
         if token.expires_at > self._wall():
             self._call("put", lambda: self.store.put(self.scope, key, token), None, write=True)
 
@@ -250,10 +250,10 @@ class SharedStore:
             return None
         return stored
 
-    def get(self, key: Key) -> StoredToken | None:
+    def get(self, key: TokenRequest) -> StoredToken | None:
         return self._usable(self._call("get", lambda: self.store.get(self.scope, key), None))
 
-    def fetch(self, key: Key, call_source: Callable[[], _T],
+    def fetch(self, key: TokenRequest, call_source: Callable[[], _T],
               accept: Callable[[StoredToken], _T | None], stored_of: Callable[[_T], StoredToken],
               wait: float) -> tuple[_T, bool]:
         """Get a token for ``key`` with at most one source call fleet-wide.

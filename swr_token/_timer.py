@@ -17,7 +17,7 @@ from ._clock import Clock
 
 __all__ = ["Timer"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("swr_token")
 
 # Upper bound on one wait, so a missed notify can never stall the timer for long.
 _MAX_WAIT = 1.0
@@ -38,7 +38,13 @@ class Timer:
         self._thread: threading.Thread | None = None
         self._closed = False
         if clock.manual:
-            clock.on_advance(self._on_advance)
+            # A manual clock runs the due callbacks itself when a test moves it; a FakeClock
+            # also keeps the timer (weakly) to report what is pending (``next_due``).
+            attach = getattr(clock, "attach_timer", None)
+            if attach is not None:
+                attach(self)
+            else:
+                clock.on_advance(self._on_advance)
 
     def call_at(self, due: float, fn: Callable[[], None]) -> None:
         with self._cond:
@@ -57,10 +63,10 @@ class Timer:
     def _on_advance(self) -> None:
         self.run_due()
 
-    def pending(self) -> list[float]:
-        """Due times still waiting, soonest first (for tests and stats)."""
+    def next_due(self) -> float | None:
+        """When the soonest callback is due (deadline clock), or ``None`` if none waits."""
         with self._cond:
-            return sorted(due for due, _, _ in self._heap)
+            return self._heap[0][0] if self._heap and not self._closed else None
 
     def run_due(self) -> int:
         """Run every callback that is due now; returns how many ran."""

@@ -136,13 +136,9 @@ def drive(clock: FakeClock, client: TokenClient, call: Callable[[], Any],
                 return future.result(timeout=0.01)
             except TimeoutError:
                 pass
-            pending = client._timer.pending()
-            now = clock.deadline()
-            soon = [due for due in pending if due > now]
-            if any(due <= now for due in pending):
-                clock.advance(0)
-            elif soon:
-                clock.advance(min(soon) - now)
+            due = clock.next_due()
+            if due is not None:
+                clock.advance(max(0.0, due - clock.deadline()))
         return future.result(timeout=WAIT)
 
 

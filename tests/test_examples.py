@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+import swr_token
 from swr_token.testing import LocalIssuer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -129,20 +130,30 @@ def django_view(issuer: LocalIssuer, upstream: str,
         view.close_token_client()
 
 
-def test_django_view_builds_its_client_lazily_and_closes_it_at_exit(django_view: Any) -> None:
+def test_django_view_builds_its_client_lazily_and_closes_it_at_exit(
+        django_view: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from django.test import RequestFactory
 
     view = django_view.module
-    assert view._client is None  # importing and configuring made no client
+    made: list[swr_token.TokenClient] = []
+    real = swr_token.TokenClient
+
+    def counting(*args: Any, **kwargs: Any) -> swr_token.TokenClient:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(view.swr_token, "TokenClient", counting)
     reply = view.orders(RequestFactory().get("/orders", headers={"X-Session-Id": "sess_dj"}))
     assert reply.status_code == 200, reply.content
+    # Importing and configuring made no client: the first request made the only one.
+    assert len(made) == 1
     client = view.token_client()
-    assert view.token_client() is client
+    assert view.token_client() is client is made[0]
     assert django_view.atexit == [view.close_token_client]
     view.close_token_client()
-    assert view._client is None
     with pytest.raises(Exception, match="closed"):
         client.get_token("sess_dj")
+    assert view.token_client() is not client and len(made) == 2  # closed: a new one next
 
 
 def test_django_view_through_the_url_and_its_errors(

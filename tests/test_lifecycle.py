@@ -76,6 +76,7 @@ FORKS = {
 def test_fork_with_a_fetch_in_flight_and_a_lock_held(fork: str) -> None:
     result = _run("""
         import os, threading, time, jwt, swr_token
+        from swr_token.testing import holding_client_lock
         FORK
         parent = os.getpid()
         release = threading.Event()
@@ -96,7 +97,7 @@ def test_fork_with_a_fetch_in_flight_and_a_lock_held(fork: str) -> None:
             time.sleep(0.005)
         holding, hold = threading.Event(), threading.Event()
         def hold_lock():
-            with client._cache.lock:       # a parent thread holds the lock across the fork
+            with holding_client_lock(client):  # a parent thread holds the lock across the fork
                 holding.set()
                 hold.wait(10)
         threading.Thread(target=hold_lock, daemon=True).start()
@@ -287,10 +288,13 @@ def test_a_client_dropped_without_close_is_collected_and_its_poller_stops() -> N
         now = time.time()
         return jwt.encode({"iat": now, "exp": now + 60}, "k" * 32, algorithm="HS256")
 
+    before = set(threading.enumerate())
     client = TokenClient(source, poll_interval=0.05, fetch_timeout=0.2)
     client.get_token("s")  # starts the poller
-    poller = client._timer._thread
-    assert poller is not None and poller.is_alive()
+    pollers = [thread for thread in threading.enumerate()
+               if thread not in before and thread.name == "swr-token-poller"]
+    assert len(pollers) == 1 and pollers[0].is_alive()
+    poller = pollers[0]
     ref = weakref.ref(client)
     del client
     gc.collect()

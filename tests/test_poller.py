@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from swr_token import TokenClient
+from swr_token import TokenClient, TokenRequest
 from swr_token.testing import FakeClock, InlineExecutor
 
 from .conftest import FakeSource
@@ -51,21 +51,21 @@ def test_poller_spreads_refreshes_with_jitter(clock: FakeClock) -> None:
 
 
 def test_tick_cost_does_not_grow_with_fresh_keys(clock: FakeClock) -> None:
-    """Loose guard only; the measured figure is in benchmarks/. 100k fresh keys, one tick."""
+    """Loose guard only; the measured figure is in benchmarks/. 20k fresh keys, one tick."""
     source = FakeSource(clock, lifetime=3600)
-    with TokenClient(source, clock=clock, executor=InlineExecutor(),
-                     max_entries=200_000) as client:
-        cache = client._cache
-        token = client.get_token("seed")
-        info = client.get_token_info("seed")
-        with cache.lock:
-            for i in range(100_000):
-                entry = cache.entry_for((f"k{i}", None, None, None), clock.deadline())
-                cache.publish(entry, info, order=(0.0, i + 10), now=clock.deadline())
-        assert client.stats()["entries"] == 100_001 and token
+    shared = source(TokenRequest("seed"))  # one parsed token for every key: a fast source
+    with TokenClient(lambda request: shared, clock=clock, executor=InlineExecutor(),
+                     foreground_executor=InlineExecutor(), poll_interval=60,
+                     max_entries=100_000) as client:
+        for i in range(20_000):
+            client.get_token(f"k{i}")
+        assert client.stats()["entries"] == 20_000
+        clock.advance(11)  # every cold fetch's watchdog fires; the first tick is at 60 s
+        assert clock.next_due() == clock.deadline() + 49
         started = time.perf_counter()
-        client._tick()
+        clock.advance(49)  # the tick: nothing is due among the fresh keys
         elapsed = time.perf_counter() - started
+        assert client.stats()["background_refreshes"] == 0
         assert elapsed < 0.05, elapsed  # ~microseconds in practice; O(due), not O(keys)
 
 
@@ -84,16 +84,23 @@ def test_entry_cap_evicts_expired_first_then_least_recently_read(clock: FakeCloc
             client.get_token(f"long{i}")  # long0 is the least recently read
         for i in range(2):  # each full insert evicts a tenth of the cap (2 here)
             client.get_token(f"new{i}", template="t")
-        keys = set(client._entries)
         # Room was made from the expired entries only: every live one is still here.
-        assert all((f"long{i}", None, None, None) in keys for i in range(15))
-        assert len(keys) <= 20
+        assert client.stats()["entries"] == 20  # 3 short (dead) + 15 long + 2 new
         for i in range(4):
             client.get_token(f"more{i}")
-        keys = set(client._entries)
-        assert len(keys) <= 20
-        assert not any(k[0].startswith("short") for k in keys)
-        assert ("long0", None, None, None) not in keys  # then the least recently read
-        assert ("long14", None, None, None) in keys
-        # the session-only index never holds an entry the main dict has dropped
-        assert all((sid, None, None, None) in keys for sid in client._by_session)
+        assert client.stats()["entries"] <= 20
+        # Still cached (a read fetches nothing): the live keys but the least recently read.
+        # Reads of cached keys insert nothing, so these checks evict nothing themselves.
+        fetched = source.count
+        for i in range(1, 15):
+            client.get_token(f"long{i}")
+        for i in range(2):
+            client.get_token(f"new{i}", template="t")
+        for i in range(4):
+            client.get_token(f"more{i}")
+        assert source.count == fetched
+        assert client.stats()["entries"] == 20
+        # Gone: the expired ones, then long0, the least recently read. Each read fetches
+        # (the session-only index kept no entry the cache had dropped).
+        client.get_token("long0")
+        assert source.count == fetched + 1

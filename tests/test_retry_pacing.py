@@ -253,7 +253,7 @@ def test_a_fetch_waiting_for_a_pacer_slot_starts_at_once_when_the_source_recover
         with ThreadPoolExecutor(1) as caller:
             waiting = caller.submit(client.get_token, "b", timeout=WAIT)
             # queued for a slot
-            wait_until(lambda: len(client._refresher.parking.slot_waiters) == 1)
+            wait_until(lambda: client.stats()["waiting_for_slot"] == 1)
             outage.down = False
             fresh = client.get_token("c", skip_cache=True)  # any success ends the outage
             token = waiting.result(WAIT)  # ...and "b" went without its slot coming

@@ -178,7 +178,7 @@ def test_hot_path_bounds_never_serve_what_classify_would_not() -> None:
     amounts: a reading within both bounds is a fresh token on the deadline clock."""
     import random
 
-    from swr_token._cache import Offsets, Published
+    from swr_token._entry import Offsets, Published
 
     rng = random.Random(7)
     for _ in range(3000):
@@ -191,7 +191,7 @@ def test_hot_path_bounds_never_serve_what_classify_would_not() -> None:
         clock = FakeClock(deadline=deadline - 60, wall=rng.uniform(1e9, 2e9),
                           monotonic=rng.uniform(0, 1e6))
         offsets = Offsets(clock, clock.monotonic)
-        snap = Published(token, threshold=threshold, margin=margin, received_at=0.0,
+        snap = Published(token, threshold=threshold, margin=margin,
                          order=(0.0, 0), offsets=offsets)
         for now in (snap.fresh_until, math.nextafter(snap.fresh_until, math.inf),
                     snap.fresh_until - 1e-7, token.deadline - threshold,
