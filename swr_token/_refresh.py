@@ -277,20 +277,26 @@ class Refresher:
             self._fail(flight, self._paced_error(flight, now), now)
 
     def _queue_refreshes(self, flights: list[Flight]) -> None:
-        """Queue refreshes for the pool; start as many drain tasks as it can run."""
+        """Queue refreshes for the pool and make sure a drain task runs.
+
+        One task is started from here; each task starts the next while work is queued, up to
+        the pool's size, so a poller tick never waits on starting worker threads."""
         if not flights:
             return
         with self._cache.lock:
             for flight in flights:
                 flight.queued = ticket = next(self._tickets)
                 self._queue.append((flight, ticket))
-            spawn = max(0, min(len(self._queue), self._max_drainers - self._drainers))
+            spawn = self._drainers < self._max_drainers
             self._drainers += spawn
-        for _ in range(spawn):
-            try:
-                self._executor.submit(self._drain)
-            except RuntimeError as exc:  # executor shut down, or no thread could start
-                self._drain_failed(exc)
+        if spawn:
+            self._spawn_drainer()
+
+    def _spawn_drainer(self) -> None:
+        try:
+            self._executor.submit(self._drain)
+        except RuntimeError as exc:  # executor shut down, or no thread could start
+            self._drain_failed(exc)
 
     def _drain(self) -> None:
         """A pool task: run queued refresh attempts until the queue is empty."""
@@ -300,10 +306,16 @@ class Refresher:
                     self._drainers -= 1
                     return
                 flight, ticket = self._queue.popleft()
-                if flight.queued != ticket:
-                    continue  # a waiting caller took this attempt over (see _join_locked)
-                flight.queued = 0
-            self._attempt(flight)
+                grow = bool(self._queue) and self._drainers < self._max_drainers
+                self._drainers += grow
+                # Not ours if a waiting caller took this attempt over (see _join_locked).
+                ours = flight.queued == ticket
+                if ours:
+                    flight.queued = 0
+            if grow:
+                self._spawn_drainer()
+            if ours:
+                self._attempt(flight)
 
     def _drain_failed(self, exc: RuntimeError) -> None:
         """A drain task could not start: if none runs, the queued refreshes fail now."""
@@ -395,7 +407,6 @@ class Refresher:
             self._retire(flight)
             return
         now = self._clock.deadline()
-        transient = isinstance(error, TokenFetchError)
         if isinstance(error, TokenFetchError):
             self._source_failed(error, now)
         elif isinstance(error, TokenRejectedError) and self._pacer.answered():
@@ -404,16 +415,8 @@ class Refresher:
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("%s for %s: attempt %d failed after %.0f ms: %s", flight.kind.value,
                        flight.request.describe(), flight.attempt, (now - began) * 1000, error)
-        wait = self._settings.retry.next_wait(attempt=flight.attempt,
-                                              started_at=flight.started_at, now=now,
-                                              error=error)
-        if paced and transient and flight.kind is not FlightKind.REFRESH:
-            # The source was already failing before this attempt: callers with nothing
-            # servable get the failure now instead of waiting out more paced attempts.
-            wait = None
-        # A refresh stops at the critical deadline; a fetch callers wait on at its budget
-        # (giving up now with the real failure beats a time-out later).
-        if wait is not None and not flight.settled and now + wait < flight.limit:
+        wait = self._retry_wait(flight, error, now, paced_before=paced)
+        if wait is not None:
             _log.debug("%s for %s: retry in %.2f s", flight.kind.value,
                        flight.request.describe(), wait)
             self._timer.call_at(now + wait, lambda: self.dispatch(flight))
@@ -421,6 +424,23 @@ class Refresher:
         _log.debug("%s for %s: giving up after %d attempt(s)", flight.kind.value,
                    flight.request.describe(), flight.attempt)
         self._fail(flight, error, now)
+
+    def _retry_wait(self, flight: Flight, error: TokenError, now: float, *,
+                    paced_before: bool) -> float | None:
+        """Seconds until the flight's next attempt, or ``None`` to give up now."""
+        if paced_before and isinstance(error, TokenFetchError) \
+                and flight.kind is not FlightKind.REFRESH:
+            # The source was already failing before this attempt: callers with nothing
+            # servable get the failure now instead of waiting out more paced attempts.
+            return None
+        wait = self._settings.retry.next_wait(attempt=flight.attempt,
+                                              started_at=flight.started_at, now=now,
+                                              error=error)
+        # A refresh stops at the critical deadline; a fetch callers wait on at its budget
+        # (giving up now with the real failure beats a time-out later).
+        if wait is None or flight.settled or now + wait >= flight.limit:
+            return None
+        return wait
 
     def _source_failed(self, error: TokenFetchError, now: float) -> None:
         """A transient failure, from any key: the pacer counts it."""
@@ -588,19 +608,30 @@ class Refresher:
         trouble.fail_until = max(now + random.uniform(1.0, 1.3), self._pacer.next_slot)
         if isinstance(error, TokenFetchError):
             self._parking.failing_fast(entry)  # ended early if the source recovers
-        # A rejection fails closed: the issuer said no, so stop serving the token it refuses.
         dropped = None
         if isinstance(error, TokenRejectedError):
-            dropped = self._cache.drop(entry, now)
-            if dropped is not None or trouble.streak == 1:
-                _log.warning("token for %s rejected: %s", entry.request.describe(), error)
-        snap = entry.resolved
-        if kind.refresh and snap is not None and self._pacer.paced() \
-                and isinstance(error, TokenFetchError):
-            self._parking.park(entry)
-        elif snap is not None and snap.deadline - snap.margin > trouble.backoff_until:
-            self._cache.refresh_at(trouble.backoff_until, entry)
+            dropped = self._reject_locked(entry, error, now)
+        self._next_refresh_locked(entry, error, kind)
         return dropped
+
+    def _reject_locked(self, entry: Entry, error: Exception, now: float) -> Published | None:
+        """A rejection fails closed: the issuer said no, so stop serving the token it
+        refuses (logged when it drops one, and on the first of a streak)."""
+        dropped = self._cache.drop(entry, now)
+        if dropped is not None or entry.troubled().streak == 1:
+            _log.warning("token for %s rejected: %s", entry.request.describe(), error)
+        return dropped
+
+    def _next_refresh_locked(self, entry: Entry, error: Exception, kind: FlightKind) -> None:
+        """When a failed key's token is refreshed again: after a probe succeeds if the
+        source is paced, else when its backoff ends (if that is before it turns critical)."""
+        snap, trouble = entry.resolved, entry.troubled()
+        if snap is None:
+            return
+        if kind.refresh and self._pacer.paced() and isinstance(error, TokenFetchError):
+            self._parking.park(entry)
+        elif snap.deadline - snap.margin > trouble.backoff_until:
+            self._cache.refresh_at(trouble.backoff_until, entry)
 
     def _park(self, flight: Flight, error: TokenError) -> None:
         """A refresh the pacer refused: no request, no growing backoff; wait for a probe."""
