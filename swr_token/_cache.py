@@ -12,6 +12,7 @@ import enum
 import heapq
 import itertools
 import logging
+import math
 import random
 import threading
 from typing import TYPE_CHECKING, NamedTuple
@@ -73,13 +74,19 @@ class Cache:
         self._monotonic = monotonic
         #: The clock offsets last seen, to notice a suspend or a wall step.
         self._offsets = Offsets(clock, monotonic)
-        self.entries: dict[TokenRequest, Entry] = {}
-        # The same entries again, for keys that are a session id alone: the common case
-        # skips building and hashing a 4-tuple on the hot path. Kept in step under the lock.
+        # Keys that are a session id alone, by that id: the common case, and the hot path's
+        # dict (no 4-tuple to build and hash). Every other key, by its TokenRequest.
         self.by_session: dict[str | None, Entry] = {}
+        self._by_request: dict[TokenRequest, Entry] = {}
         self.threshold = threshold
         self.margin = margin
         self.max_entries = max_entries
+        # When each published token turns stale, in buckets of whole seconds: the entries
+        # and their snapshots side by side per bucket, and a heap of the bucket numbers. One
+        # record per cached key costs two list slots, not a heap tuple with its own number.
+        self._stale: dict[int, tuple[list[Entry], list[Published]]] = {}
+        self._stale_buckets: list[int] = []
+        # Every other due time (backoffs, expiries, drops): rare, on a heap.
         self._due: list[_Due] = []
         self._seq = itertools.count()
         # Lifetimes already warned about: each adjustment is logged once, not per token.
@@ -120,16 +127,24 @@ class Cache:
     # -- entries (call with the lock held) ----------------------------------------------
 
     def get(self, request: TokenRequest) -> Entry | None:
-        return self.entries.get(request)
+        if request[1] is None and request[2] is None and request[3] is None:
+            return self.by_session.get(request[0])
+        return self._by_request.get(request)
+
+    def __len__(self) -> int:
+        return len(self.by_session) + len(self._by_request)
+
+    def all_entries(self) -> list[Entry]:
+        return [*self.by_session.values(), *self._by_request.values()]
 
     def holds(self, entry: Entry) -> bool:
         """Is ``entry`` still the cache's entry for its key (not evicted or replaced)?"""
-        return self.entries.get(entry.request) is entry
+        return self.get(entry.request) is entry
 
     def entry_for(self, request: TokenRequest, now: float) -> Entry:
-        entry = self.entries.get(request)
+        entry = self.get(request)
         if entry is None:
-            if len(self.entries) >= self.max_entries:
+            if len(self) >= self.max_entries:
                 self._evict_for_room(now)
             entry = Entry(request)
             self._insert(entry)
@@ -137,15 +152,17 @@ class Cache:
 
     def _insert(self, entry: Entry) -> None:
         request = entry.request
-        self.entries[request] = entry
-        if request.template is None and request.organization_id is None \
-                and request.audience is None:
+        if _session_only(request):
             self.by_session[request.session_id] = entry
+        else:
+            self._by_request[request] = entry
 
     def _remove(self, entry: Entry) -> None:
-        del self.entries[entry.request]
-        if self.by_session.get(entry.request.session_id) is entry:
-            del self.by_session[entry.request.session_id]
+        request = entry.request
+        if _session_only(request):
+            del self.by_session[request.session_id]
+        else:
+            del self._by_request[request]
 
     def _evict_for_room(self, now: float) -> None:
         """Make room: expired and empty entries first, then the least recently read.
@@ -154,7 +171,7 @@ class Cache:
         Entries with a fetch in flight are kept: their waiters still need them.
         """
         target = max(1, self.max_entries // 10)
-        idle = [e for e in self.entries.values() if e.flight is None]
+        idle = [e for e in self.all_entries() if e.flight is None]
         victims = [e for e in idle if _dead(e, now)][:target]
         if len(victims) < target:
             alive = [e for e in idle if not _dead(e, now)]
@@ -193,9 +210,18 @@ class Cache:
             self._insert(entry)
         stale_at = snap.deadline - threshold
         span = min(1.0, (threshold - margin) / 4)
-        self._push(stale_at + random.uniform(0.0, span) if span > 0 else stale_at,
-                   DueKind.REFRESH, entry, snap)
+        snap.stale_at = stale_at + random.uniform(0.0, span) if span > 0 else stale_at
+        self._push_stale(entry, snap)
         return PublishResult(snap, progress)
+
+    def _push_stale(self, entry: Entry, snap: Published) -> None:
+        bucket = math.floor(snap.stale_at)
+        pairs = self._stale.get(bucket)
+        if pairs is None:
+            self._stale[bucket] = pairs = ([], [])
+            heapq.heappush(self._stale_buckets, bucket)
+        pairs[0].append(entry)
+        pairs[1].append(snap)
 
     def _log_critical(self, request: TokenRequest, remaining: float, margin: float) -> None:
         if request in self._critical_logged:
@@ -232,20 +258,39 @@ class Cache:
         Cost is proportional to the records that fall due, not to the number of keys.
         """
         refresh: list[Entry] = []
+        self._pop_stale(now, refresh)
         due = self._due
         while due and due[0].when <= now:
             record = heapq.heappop(due)
-            entry = record.entry
-            if not self.holds(entry):
+            if not self.holds(record.entry):
                 continue
             if record.kind is DueKind.REFRESH:
-                self._refresh_due(record, refresh)
+                self._refresh_due(record.entry, record.snap, refresh)
             else:
                 self._expire_due(record, now)
         return refresh
 
-    def _refresh_due(self, record: _Due, refresh: list[Entry]) -> None:
-        entry, snap = record.entry, record.snap
+    def _pop_stale(self, now: float, refresh: list[Entry]) -> None:
+        """The tokens that turned stale by ``now``: whole buckets before this second, and
+        the part of this second's bucket that is due (the rest waits in it)."""
+        buckets = self._stale_buckets
+        while buckets and buckets[0] <= now:
+            bucket = heapq.heappop(buckets)
+            entries, snaps = self._stale.pop(bucket)
+            later: tuple[list[Entry], list[Published]] = ([], [])
+            for entry, snap in zip(entries, snaps, strict=True):
+                if snap.stale_at > now:
+                    later[0].append(entry)
+                    later[1].append(snap)
+                elif self.holds(entry):
+                    self._refresh_due(entry, snap, refresh)
+            if later[0]:  # only this second's bucket can hold any: the loop ends here
+                self._stale[bucket] = later
+                heapq.heappush(buckets, bucket)
+                return
+
+    def _refresh_due(self, entry: Entry, snap: Published | None,
+                     refresh: list[Entry]) -> None:
         if snap is None or entry.resolved is not snap:
             return  # superseded by a newer token, which has its own record
         if entry.last_read > snap.received_mono:
@@ -273,7 +318,7 @@ class Cache:
         if not offsets.moved_from(self._offsets):
             return False
         self._offsets = offsets
-        for entry in self.entries.values():
+        for entry in self.all_entries():
             if entry.resolved is not None:
                 entry.resolved.rebase(offsets)
         return True
@@ -284,14 +329,20 @@ class Cache:
         self.clear()
 
     def clear(self) -> None:
-        self.entries = {}
+        self._by_request = {}
         self.by_session = {}
+        self._stale = {}
+        self._stale_buckets = []
         self._due = []
 
     def reset_after_fork(self) -> None:
         self.lock = threading.Lock()
-        for entry in self.entries.values():
+        for entry in self.all_entries():
             entry.flight = None
+
+
+def _session_only(request: TokenRequest) -> bool:
+    return request[1] is None and request[2] is None and request[3] is None
 
 
 def _dead(entry: Entry, now: float) -> bool:

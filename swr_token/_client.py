@@ -209,7 +209,7 @@ class TokenClient:
         request = TokenRequest(session_id, template, organization_id, audience)
         if not (skip_cache or refresh_if_stale) and background_refresh_threshold is None:
             try:
-                entry = self._cache.entries.get(request)
+                entry = self._cache.get(request)
             except TypeError:  # an unhashable key part: _get says which argument
                 entry = None
             raw = self._serve_fresh(entry)
@@ -428,7 +428,7 @@ class TokenClient:
             "fetches": c.fetches,
             "background_refreshes": c.background_refreshes,
             "failures": c.failures,
-            "entries": len(self._cache.entries),
+            "entries": len(self._cache),
             "in_flight": self._refresher.in_flight(),
             "parked": parked,
             "waiting_for_slot": waiting,
@@ -475,7 +475,7 @@ class TokenClient:
         self._pid_watch.ran_hook()
 
     def __repr__(self) -> str:
-        state = "closed" if self._cache.closed else f"{len(self._cache.entries)} keys"
+        state = "closed" if self._cache.closed else f"{len(self._cache)} keys"
         return f"<TokenClient {state}>"
 
     def __getstate__(self) -> Any:

@@ -87,7 +87,7 @@ class Published:
     """
 
     __slots__ = ("deadline", "issued", "margin", "mono_until", "raw", "received_mono", "seq",
-                 "threshold", "token", "wall_until")
+                 "stale_at", "threshold", "token", "wall_until")
 
     def __init__(self, token: Token, *, threshold: float, margin: float,
                  order: tuple[float, int], offsets: Offsets) -> None:
@@ -100,6 +100,8 @@ class Published:
         self.issued, self.seq = order
         #: When it was published, on the monotonic clock (as ``Entry.last_read``).
         self.received_mono = offsets.read_at_monotonic
+        #: When the poller refreshes it if it is being read (set by the cache, jittered).
+        self.stale_at = math.inf
         self.mono_until = self.wall_until = NEVER
         self.rebase(offsets)
 
