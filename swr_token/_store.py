@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ._request import TokenRequest
 from ._token import Token, fingerprint
@@ -37,6 +37,17 @@ _T = TypeVar("_T")
 MAX_SHARED_LIFETIME = 86400.0
 #: Fingerprints of dropped tokens remembered per client (oldest forgotten first).
 MAX_DROPPED = 4096
+#: The lock handle meaning "no store available": fetch locally, nothing to unlock.
+_LOCAL = object()
+
+
+class _Adopted(Generic[_T]):
+    """What :meth:`SharedStore._lock_or_wait` returns when it adopted another's token."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: _T) -> None:
+        self.token = token
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,26 +195,35 @@ class SharedStore:
         try:
             result = fn()
         except Exception as exc:
-            new = "writes" if write and mode != "all" else "all"
-            with self._lock:
-                first = self._degraded is None or (new == "all" and self._degraded != "all")
-                self._degraded = new
-                self._degraded_until = now + self._retry_after
-            _log.debug("swr_token: shared store call %s failed", what, exc_info=True)
-            if first:
-                state = "refuses writes" if new == "writes" else "unavailable"
-                _log.warning(
-                    "shared token store %s (%s during %s); carrying on per process "
-                    "and trying it again every %.0f s", state, type(exc).__name__, what,
-                    self._retry_after)
+            self._failed(what, exc, write=write, mode=mode, now=now)
             return default
         if mode is not None and (write or mode == "all"):
-            with self._lock:
-                recovered = self._degraded is not None
-                self._degraded = None
-            if recovered:
-                _log.warning("shared token store is back")
+            self._recovered()
         return result
+
+    def _failed(self, what: str, exc: Exception, *, write: bool, mode: str | None,
+                now: float) -> None:
+        """A failed read means the store is unreachable; a failed write alone, that it
+        refuses writes. Logged when a streak starts (or worsens)."""
+        new = "writes" if write and mode != "all" else "all"
+        with self._lock:
+            first = self._degraded is None or (new == "all" and self._degraded != "all")
+            self._degraded = new
+            self._degraded_until = now + self._retry_after
+        _log.debug("swr_token: shared store call %s failed", what, exc_info=True)
+        if first:
+            state = "refuses writes" if new == "writes" else "unavailable"
+            _log.warning(
+                "shared token store %s (%s during %s); carrying on per process "
+                "and trying it again every %.0f s", state, type(exc).__name__, what,
+                self._retry_after)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            recovered = self._degraded is not None
+            self._degraded = None
+        if recovered:
+            _log.warning("shared token store is back")
 
     # -- dropped tokens -------------------------------------------------------------------
 
@@ -262,28 +282,16 @@ class SharedStore:
         ``wait`` bounds the wait for another process's refresh (capped by the store's own
         default). Returns the token and whether this process called the source.
         """
-        shared = self.get(key)
-        token = accept(shared) if shared else None
+        token = self._adopt(key, accept)
         if token is not None:
             return token, False
-        handle: object | None = self._call(
-            "lock", lambda: self.store.try_lock(self.scope, key), _LOCAL, write=True)
-        if handle is None:
-            # Another process is fetching: wait for its entry, then fall back to fetching
-            # here if it never comes (its owner may have died mid-fetch).
-            timeout = max(0.0, min(wait, self._wait))
-            shared = self._usable(self._call(
-                "wait", lambda: self.store.wait(self.scope, key, timeout), None))
-            token = accept(shared) if shared else None
-            if token is not None:
-                return token, False
-            handle = self._call("lock", lambda: self.store.try_lock(self.scope, key), _LOCAL,
-                                write=True)
+        handle = self._lock_or_wait(key, accept, wait)
+        if isinstance(handle, _Adopted):
+            return handle.token, False
         try:
             if handle is not None and handle is not _LOCAL:
                 # The previous owner may have published between our read and our lock.
-                shared = self.get(key)
-                token = accept(shared) if shared else None
+                token = self._adopt(key, accept)
                 if token is not None:
                     return token, False
             token = call_source()
@@ -294,6 +302,31 @@ class SharedStore:
                 held = handle
                 self._call("unlock", lambda: self.store.unlock(self.scope, key, held), None,
                            write=True)
+
+    def _adopt(self, key: TokenRequest, accept: Callable[[StoredToken], _T | None]
+               ) -> _T | None:
+        shared = self.get(key)
+        return accept(shared) if shared else None
+
+    def _lock_or_wait(self, key: TokenRequest, accept: Callable[[StoredToken], _T | None],
+                      wait: float) -> object | None:
+        """The fleet-wide lock's handle (``_LOCAL`` with no store, ``None`` if another
+        process still holds it), or an :class:`_Adopted` token that process published
+        while this one waited (at most ``wait`` s, capped by the store's default)."""
+        handle: object | None = self._call(
+            "lock", lambda: self.store.try_lock(self.scope, key), _LOCAL, write=True)
+        if handle is not None:
+            return handle
+        # Another process is fetching: wait for its entry, then fall back to fetching here
+        # if it never comes (its owner may have died mid-fetch).
+        timeout = max(0.0, min(wait, self._wait))
+        shared = self._usable(self._call(
+            "wait", lambda: self.store.wait(self.scope, key, timeout), None))
+        token = accept(shared) if shared else None
+        if token is not None:
+            return _Adopted(token)
+        return self._call("lock", lambda: self.store.try_lock(self.scope, key), _LOCAL,
+                          write=True)
 
     def close(self) -> None:
         try:
@@ -306,5 +339,3 @@ class SharedStore:
         self._listening = False
         self.store.reset_after_fork()
 
-
-_LOCAL = object()  # "no store available": fetch locally, nothing to unlock

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["README.rst", "CHANGELOG.rst"])
+@pytest.mark.parametrize("name", ["README.rst", "CHANGELOG.rst", "docs/design.rst"])
 def test_renders_without_warnings(name: str) -> None:
     warnings = io.StringIO()
     docutils.core.publish_doctree(
