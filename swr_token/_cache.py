@@ -188,19 +188,20 @@ class Cache:
         """
         threshold, margin = self.thresholds_for(token.lifetime)
         remaining = token.deadline - now
-        progress = remaining >= threshold  # not stale on arrival
         current = entry.resolved
+        # Not published: the refresh made progress only if the key's token is fresh anyway
+        # (another fetch published a newer one); else the key backs off, whatever the
+        # reason, so no reason can turn every read into a request.
+        unchanged = PublishResult(None, progress=_fresh(current, now))
         if current is not None and current.raw == token.raw:
-            # Already here (adopted from another process meanwhile): progress if it is
-            # fresh; an issuer re-serving a stale token is the no-progress case.
-            return PublishResult(None, progress)
+            return unchanged  # already here (adopted from another process meanwhile)
         if remaining <= margin:
             # Handed to the callers that waited for it (they asked for a token now), never
             # cached: a token in the critical zone is never served from the cache.
             self._log_critical(entry.request, remaining, margin)
-            return PublishResult(None, progress)
-        if order <= entry.newest():
-            return PublishResult(None, progress)
+            return unchanged
+        if not _newer(entry, token, order):
+            return unchanged
         if entry.dropped is not None and entry.dropped.fingerprint == fingerprint(token.raw):
             return PublishResult(None, progress=False)
         snap = Published(token, threshold=threshold, margin=margin, order=order,
@@ -212,7 +213,7 @@ class Cache:
         span = min(1.0, (threshold - margin) / 4)
         snap.stale_at = stale_at + random.uniform(0.0, span) if span > 0 else stale_at
         self._push_stale(entry, snap)
-        return PublishResult(snap, progress)
+        return PublishResult(snap, progress=remaining >= threshold)
 
     def _push_stale(self, entry: Entry, snap: Published) -> None:
         bucket = math.floor(snap.stale_at)
@@ -339,6 +340,23 @@ class Cache:
         self.lock = threading.Lock()
         for entry in self.all_entries():
             entry.flight = None
+
+
+def _fresh(snap: Published | None, now: float) -> bool:
+    return snap is not None and snap.deadline - now >= snap.threshold
+
+
+def _newer(entry: Entry, token: Token, order: tuple[float, int]) -> bool:
+    """Is ``token`` (with its freshness ``order``) newer than what the key has had?
+
+    By ``iat``, then by when its fetch began; and a token whose fetch began after the cached
+    one's and that outlives it is newer too, whatever its ``iat`` says (an issuer whose clock
+    stepped back mints tokens that look older than the ones before them).
+    """
+    if order > entry.newest():
+        return True
+    current = entry.resolved
+    return current is not None and order[1] > current.seq and token.deadline > current.deadline
 
 
 def _session_only(request: TokenRequest) -> bool:
