@@ -37,7 +37,10 @@ class _IssuerFixtures:
     @pytest.fixture
     def local_issuer(self) -> Iterator[LocalIssuer]:
         """A started LocalIssuer on 127.0.0.1, stopped when the test ends."""
-        from .._issuer import LocalIssuer  # imported late: keeps pytest start-up light
+        # Imported here so that this module adds no import of its own. It does not make pytest
+        # start-up light: Python imports the package swr_token.testing first, and that imports
+        # the issuer (jwt, cryptography; ~70-100 ms) in every pytest run, enabled or not.
+        from .._issuer import LocalIssuer
 
         with LocalIssuer() as issuer:
             yield issuer
