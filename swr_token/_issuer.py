@@ -7,7 +7,8 @@ Published as :class:`swr_token.testing.LocalIssuer`; it lives outside the test k
 loopback HTTP, mints RS256 JWTs, and injects faults at runtime (a status, latency, a malformed
 body, a hang, a reset connection), so code is tested against the wire, not against mocks.
 This module holds the issuer's state (keys, credentials, faults, counters);
-:mod:`._issuer_http` speaks HTTP for it.
+:mod:`._issuer_http` speaks HTTP for it, knowing the issuer only through its ``Issuer``
+protocol (the handler-facing section at the end of :class:`LocalIssuer`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -29,11 +30,12 @@ from urllib.parse import parse_qs
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ._issuer_fault import Fault
 from ._issuer_http import Server, number
 
 __all__ = ["LocalIssuer", "RecordedRequest"]
 
-_TOKEN_ENDPOINTS = frozenset({"clerk", "m2m", "oauth"})
+_SIGNED_WITH_A_KEY = ("RS256", "PS256", "ES256")
 
 
 class _WallClock(Protocol):
@@ -65,25 +67,6 @@ class RecordedRequest:
 
     def __repr__(self) -> str:  # headers may hold secrets
         return f"<RecordedRequest {self.endpoint} {self.method} {self.path}>"
-
-
-@dataclass(eq=False)
-class _Fault:
-    kind: str
-    endpoint: str | None
-    remaining: int | None
-    until: float | None
-    status: int = 500
-    retry_after: float | str | None = None
-    code: str | None = None
-    body: bytes | None = None
-    seconds: float = 0.0
-    released: threading.Event = field(default_factory=threading.Event)
-
-    def matches(self, endpoint: str, now: float) -> bool:
-        wanted = endpoint in _TOKEN_ENDPOINTS if self.endpoint is None else (
-            self.endpoint == endpoint)
-        return wanted and (self.until is None or now < self.until)
 
 
 class LocalIssuer:
@@ -136,8 +119,8 @@ class LocalIssuer:
         self.kid = hashlib.sha256(numbers.n.to_bytes(256, "big")).hexdigest()[:16]
         self._port = port
         self._lock = threading.Condition()
-        self._faults: list[_Fault] = []
-        self._held: set[_Fault] = set()  # hangs in progress, maybe counted out of _faults
+        self._faults: list[Fault] = []
+        self._held: set[Fault] = set()  # hangs in progress, maybe counted out of _faults
         self._counts: Counter[str] = Counter()
         self._connections = 0
         self._log: deque[RecordedRequest] = deque(maxlen=1000)
@@ -300,61 +283,57 @@ class LocalIssuer:
         """Why ``assertion`` does not authenticate the client, as ``(status, code,
         description)``, or None when it does (RFC 7523 section 3: signature, iss = sub = the
         client, aud = the token endpoint, exp, iat, and a jti never seen before)."""
-        refused = (401, "invalid_client")
         try:
             header = jwt.get_unverified_header(assertion)
             claims = jwt.decode(assertion, options={"verify_signature": False})
         except jwt.PyJWTError:
-            return (*refused, "client_assertion is not a JWT")
-        algorithm = header.get("alg")
+            return 401, "invalid_client", "client_assertion is not a JWT"
+        # In this order: a replayed jti is only remembered once everything else passed.
+        why = (self._assertion_signature_fault(assertion, header.get("alg"), header.get("kid"))
+               or self._assertion_claims_fault(claims, client_id))
+        return None if why is None else (401, "invalid_client", why)
+
+    def _assertion_signature_fault(self, assertion: str, algorithm: Any, kid: Any) -> str | None:
+        """Why the assertion's signature does not verify, or None."""
         if algorithm == "HS256":
-            signing_input, _, signature = assertion.rpartition(".")
-            expected = hmac.new(self.client_secret.encode(), signing_input.encode(),
-                                hashlib.sha256).digest()
-            if not hmac.compare_digest(base64.urlsafe_b64encode(expected).rstrip(b"="),
-                                       signature.encode()):
-                return (*refused, "client_assertion signature does not verify (HS256)")
-        elif algorithm in ("RS256", "PS256", "ES256"):
-            with self._lock:
-                kid = header.get("kid")
-                keys = ([self._client_keys[kid]] if kid in self._client_keys
-                        else [] if kid is not None else list(self._client_keys.values()))
-            if not keys:
-                return (*refused, f"no registered client key for kid {kid!r}")
-            for key in keys:
-                try:
-                    jwt.decode(assertion, key, algorithms=[algorithm],
-                               options={"verify_exp": False, "verify_iat": False,
-                                        "verify_nbf": False, "verify_aud": False})
-                    break
-                except (jwt.PyJWTError, TypeError, ValueError):  # also: a key of another type
-                    continue
-            else:
-                return (*refused, f"client_assertion signature does not verify ({algorithm})")
-        else:
-            return (*refused, f"client_assertion algorithm {str(algorithm)[:20]!r} not allowed")
+            if _hs256_signed(assertion, self.client_secret):
+                return None
+            return "client_assertion signature does not verify (HS256)"
+        if algorithm not in _SIGNED_WITH_A_KEY:
+            return f"client_assertion algorithm {str(algorithm)[:20]!r} not allowed"
+        with self._lock:
+            keys = ([self._client_keys[kid]] if kid in self._client_keys
+                    else [] if kid is not None else list(self._client_keys.values()))
+        if not keys:
+            return f"no registered client key for kid {kid!r}"
+        if any(_signed_by(assertion, key, algorithm) for key in keys):
+            return None
+        return f"client_assertion signature does not verify ({algorithm})"
+
+    def _assertion_claims_fault(self, claims: Mapping[str, Any], client_id: str | None
+                                ) -> str | None:
+        """Why the (signed) assertion's claims do not authenticate the client, or None; a
+        jti that passes is remembered, so the assertion cannot be used again."""
         if not (claims.get("iss") == claims.get("sub") == self.client_id):
-            return (*refused, "client_assertion iss and sub must both be the client id")
+            return "client_assertion iss and sub must both be the client id"
         if client_id is not None and client_id != self.client_id:
-            return (*refused, "client_id does not match the assertion")
+            return "client_id does not match the assertion"
         audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if self.token_url not in audiences:
-            return (*refused, "client_assertion aud must be the token endpoint")
+        if self.token_url not in (audience if isinstance(audience, list) else [audience]):
+            return "client_assertion aud must be the token endpoint"
         now = self.now()
-        exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
-        if not isinstance(exp, int | float) or exp <= now - 5:
-            return (*refused, "client_assertion has expired")
-        if isinstance(iat, int | float) and iat > now + 5:
-            return (*refused, "client_assertion iat is in the future")
-        if exp > now + 3600:  # Okta's bound; authlib signs for an hour by default
-            return (*refused, "client_assertion lives too long (exp more than 1 h ahead)")
+        why = _assertion_time_fault(claims.get("exp"), claims.get("iat"), now)
+        return why or self._replay_fault(claims.get("jti"), claims["exp"], now)  # exp: a number
+
+    def _replay_fault(self, jti: Any, exp: float, now: float) -> str | None:
+        """Why ``jti`` cannot be accepted (missing, or seen before), or None after noting it
+        until ``exp`` (plus the 5 s leeway)."""
         if not isinstance(jti, str) or not jti:
-            return (*refused, "client_assertion needs a jti")
+            return "client_assertion needs a jti"
         with self._lock:
             self._seen_jti = {j: e for j, e in self._seen_jti.items() if e > now - 5}
             if jti in self._seen_jti:
-                return (*refused, "client_assertion jti was already used (replay)")
+                return "client_assertion jti was already used (replay)"
             self._seen_jti[jti] = float(exp)
         return None
 
@@ -365,7 +344,7 @@ class LocalIssuer:
 
     # -- faults ---------------------------------------------------------------------------
 
-    def _add(self, fault: _Fault) -> None:
+    def _add(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
 
@@ -384,7 +363,7 @@ class LocalIssuer:
         if not 100 <= status <= 599:
             raise ValueError("status must be an HTTP status code")
         raw = body.encode() if isinstance(body, str) else body
-        self._add(_Fault("fail", endpoint, status=status, retry_after=retry_after, code=code,
+        self._add(Fault("fail", endpoint, status=status, retry_after=retry_after, code=code,
                          body=raw, **self._window(count, duration)))
 
     def delay(
@@ -392,7 +371,7 @@ class LocalIssuer:
         endpoint: str | None = None,
     ) -> None:
         """Wait ``seconds`` before answering (stacks with one other fault)."""
-        self._add(_Fault("delay", endpoint, seconds=seconds, **self._window(count, duration)))
+        self._add(Fault("delay", endpoint, seconds=seconds, **self._window(count, duration)))
 
     def malformed(
         self, *, body: str | bytes | None = None, count: int | None = None,
@@ -400,7 +379,7 @@ class LocalIssuer:
     ) -> None:
         """Answer 200 with a body that is not JSON, or with exactly ``body`` when given."""
         raw = body.encode() if isinstance(body, str) else body
-        self._add(_Fault("malformed", endpoint, body=raw if raw is not None else b'{"jwt": "',
+        self._add(Fault("malformed", endpoint, body=raw if raw is not None else b'{"jwt": "',
                          **self._window(count, duration)))
 
     def hang(
@@ -408,14 +387,14 @@ class LocalIssuer:
         endpoint: str | None = None,
     ) -> None:
         """Hold requests without answering until the window ends, clear_faults() or stop()."""
-        self._add(_Fault("hang", endpoint, **self._window(count, duration)))
+        self._add(Fault("hang", endpoint, **self._window(count, duration)))
 
     def reset(
         self, *, count: int | None = None, duration: float | None = None,
         endpoint: str | None = None,
     ) -> None:
         """Read the request, then close the connection with a TCP reset."""
-        self._add(_Fault("reset", endpoint, **self._window(count, duration)))
+        self._add(Fault("reset", endpoint, **self._window(count, duration)))
 
     def clear_faults(self) -> None:
         """Remove every fault; hung requests are released and answered normally."""
@@ -423,27 +402,6 @@ class LocalIssuer:
             for fault in (*self._faults, *self._held):
                 fault.released.set()
             self._faults.clear()
-
-    def _take_faults(self, endpoint: str) -> tuple[_Fault | None, _Fault | None]:
-        """The first matching delay and the first matching other fault; counts them down."""
-        now = time.monotonic()
-        delay: _Fault | None = None
-        other: _Fault | None = None
-        with self._lock:
-            self._faults = [f for f in self._faults if f.until is None or now < f.until]
-            for fault in self._faults:
-                if not fault.matches(endpoint, now):
-                    continue
-                if fault.kind == "delay" and delay is None:
-                    delay = fault
-                elif fault.kind != "delay" and other is None:
-                    other = fault
-                else:
-                    continue
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-            self._faults = [f for f in self._faults if f.remaining is None or f.remaining > 0]
-        return delay, other
 
     # -- counters -------------------------------------------------------------------------
 
@@ -488,39 +446,97 @@ class LocalIssuer:
             self._connections = 0
             self._log.clear()
 
-    # -- called by the HTTP handler (._issuer_http) -----------------------------------------
+    # -- called by the HTTP handler (the ._issuer_http.Issuer protocol) --------------------
 
-    def _record(self, endpoint: str, method: str, path: str, headers: Mapping[str, str],
-                body: bytes, connection: int) -> None:
+    def session_ended(self, session_id: str) -> bool:
+        """True once :meth:`end_session` was called for ``session_id``."""
+        with self._lock:
+            return session_id in self._ended
+
+    def connection_opened(self) -> int:
+        """Count a connection the server accepted; returns its number (1 for the first)."""
+        with self._lock:
+            self._connections += 1
+            return self._connections
+
+    def record_request(self, endpoint: str, method: str, path: str,
+                       headers: Mapping[str, str], body: bytes, connection: int) -> None:
+        """Count and record a request, waking :meth:`wait_for_requests`."""
         request = RecordedRequest(endpoint, method, path, headers, body, connection)
         with self._lock:
             self._counts[request.endpoint] += 1
             self._log.append(request)
             self._lock.notify_all()
 
-    def _issued_one(self, endpoint: str) -> None:
+    def take_faults(self, endpoint: str) -> tuple[Fault | None, Fault | None]:
+        """The first matching delay and the first matching other fault for a request to
+        ``endpoint``; each counts one request down, and spent or expired faults are dropped."""
+        now = time.monotonic()
         with self._lock:
-            self._issued[endpoint] += 1
+            self._faults = [f for f in self._faults if f.live(now)]
+            delay, other = _first_delay_and_other(
+                [f for f in self._faults if f.matches(endpoint, now)])
+            for fault in (delay, other):
+                if fault is not None:
+                    fault.count_down()
+            self._faults = [f for f in self._faults if not f.spent]
+        return delay, other
 
-    def _connected(self) -> int:
-        with self._lock:
-            self._connections += 1
-            return self._connections
-
-    def _hold(self, fault: _Fault) -> bool:
+    def hold(self, fault: Fault) -> bool:
         """A request starts hanging on ``fault``; True if it was already released."""
         with self._lock:
             self._held.add(fault)
             return fault.released.is_set()
 
-    def _unhold(self, fault: _Fault) -> None:
+    def unhold(self, fault: Fault) -> None:
+        """The request hanging on ``fault`` goes on (released, timed out or stopping)."""
         with self._lock:
             self._held.discard(fault)
 
-    def _session_ended(self, session_id: str) -> bool:
+    def token_issued(self, endpoint: str) -> None:
+        """Count a token the handler answered with (:meth:`issued_count`)."""
         with self._lock:
-            return session_id in self._ended
+            self._issued[endpoint] += 1
 
     def __repr__(self) -> str:
         state = "serving" if self._server is not None else "stopped"
         return f"<LocalIssuer {state} port={self._port}>"
+
+
+def _first_delay_and_other(faults: list[Fault]) -> tuple[Fault | None, Fault | None]:
+    """The first delay in ``faults`` and the first fault of another kind: a delay stacks with
+    one other fault."""
+    return (next((f for f in faults if f.kind == "delay"), None),
+            next((f for f in faults if f.kind != "delay"), None))
+
+
+def _hs256_signed(assertion: str, secret: str) -> bool:
+    """True if ``assertion`` carries the HS256 signature of its signing input under ``secret``
+    (compared in constant time)."""
+    signing_input, _, signature = assertion.rpartition(".")
+    expected = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(base64.urlsafe_b64encode(expected).rstrip(b"="),
+                               signature.encode())
+
+
+def _signed_by(assertion: str, key: Any, algorithm: str) -> bool:
+    """True if ``key`` verifies the signature (only the signature: claims are checked apart)."""
+    try:
+        jwt.decode(assertion, key, algorithms=[algorithm],
+                   options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                            "verify_aud": False})
+    except (jwt.PyJWTError, TypeError, ValueError):  # also: a key of another type
+        return False
+    return True
+
+
+def _assertion_time_fault(exp: Any, iat: Any, now: float) -> str | None:
+    """Why an assertion's ``exp`` and ``iat`` are not acceptable at ``now`` (5 s leeway, at
+    most an hour ahead), or None."""
+    if not isinstance(exp, int | float) or exp <= now - 5:
+        return "client_assertion has expired"
+    if isinstance(iat, int | float) and iat > now + 5:
+        return "client_assertion iat is in the future"
+    if exp > now + 3600:  # Okta's bound; authlib signs for an hour by default
+        return "client_assertion lives too long (exp more than 1 h ahead)"
+    return None
