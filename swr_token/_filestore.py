@@ -112,6 +112,17 @@ def _decode_key(value: object) -> TokenRequest | None:
     return None
 
 
+def _load_document(data: bytes) -> dict[str, object] | None:
+    """The JSON object of an entry file of this format version, or None."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or document.get("v") != _VERSION:
+        return None
+    return document
+
+
 def _finite(value: object, *, low: float, high: float) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -251,22 +262,24 @@ class FileStore:
         return self._parse(data)
 
     def _parse(self, data: bytes) -> _Record | None:
-        try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return None
-        if not isinstance(document, dict) or document.get("v") != _VERSION:
+        document = _load_document(data)
+        if document is None:
             return None
         scope, key, raw = document.get("scope"), _decode_key(document.get("key")), \
-            document.get("raw")
+            self._token_text(document.get("raw"))
         expires_at = _finite(document.get("expires_at"), low=0.0, high=_MAX_EXPIRES_AT)
         issued = document.get("issued_at")
         issued_at = None if issued is None else _finite(issued, low=0.0, high=_MAX_EXPIRES_AT)
-        if (not isinstance(scope, str) or key is None or not isinstance(raw, str) or not raw
-                or len(raw) > self._max_token or expires_at is None
-                or (issued is not None and issued_at is None)):
+        if (not isinstance(scope, str) or key is None or raw is None
+                or expires_at is None or (issued is not None and issued_at is None)):
             return None
         return _Record(scope, key, raw, expires_at, issued_at)
+
+    def _token_text(self, value: object) -> str | None:
+        """``value`` if it is a token this store keeps (a non-empty str within the cap)."""
+        if not isinstance(value, str) or not value or len(value) > self._max_token:
+            return None
+        return value
 
     def put(self, scope: str, key: TokenRequest, token: StoredToken) -> None:
         """Store ``token`` for ``key`` (kept until it expires), atomically, unless the entry
@@ -493,6 +506,14 @@ class FileStore:
         if len(entries) <= self._max_entries and len(names) <= 2 * self._max_entries + 16:
             return
         now = time.time()
+        ranked = self._rank_by_expiry(entries)
+        self._remove_soonest(ranked, now)
+        live = {os.path.basename(p)[: -len(_ENTRY)] for _, p in ranked
+                if os.path.exists(p)}
+        self._remove_orphans(names, live, now)
+
+    def _rank_by_expiry(self, entries: list[os.DirEntry[str]]) -> list[tuple[float, str]]:
+        """``(expiry, path)`` of each entry, soonest first; an unreadable one ranks -1."""
         ranked: list[tuple[float, str]] = []
         for item in entries:
             try:
@@ -501,6 +522,11 @@ class FileStore:
                 read = None
             ranked.append((read.expires_at if read is not None else -1.0, item.path))
         ranked.sort()
+        return ranked
+
+    def _remove_soonest(self, ranked: list[tuple[float, str]], now: float) -> None:
+        """Unlink the expired and unreadable entries, then those expiring soonest until nine
+        tenths of the cap are left."""
         keep = self._max_entries * 9 // 10
         excess = len(ranked) - keep
         for expires_at, path in ranked:
@@ -509,8 +535,11 @@ class FileStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             excess -= 1
-        live = {os.path.basename(p)[: -len(_ENTRY)] for _, p in ranked
-                if os.path.exists(p)}
+
+    def _remove_orphans(self, names: list[os.DirEntry[str]], live: set[str],
+                        now: float) -> None:
+        """Remove the old locks of keys with no entry (unless held) and old temporary
+        files."""
         for item in names:
             stem = item.name[: -len(_LOCK)]
             old = self._older_than(item, now - _ORPHAN_AGE)
