@@ -96,6 +96,62 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _entry_token(body: dict[str, Any], scope_hash: str, key: TokenRequest
+                 ) -> StoredToken | str:
+    """The token in an opened entry's body, or why it is refused (a short reason)."""
+    if body.get("s") != scope_hash or body.get("k") != _key_list(key):
+        return "an entry written for another key"
+    raw, expires_at, issued = body.get("r"), _number(body.get("e")), body.get("i")
+    issued_at = None if issued is None else _number(issued)
+    if not isinstance(raw, str) or not raw or expires_at is None \
+            or (issued is not None and issued_at is None):
+        return "an entry with a malformed token or time"
+    return StoredToken(raw, expires_at, issued_at)
+
+
+def _check_seconds(**durations: object) -> None:
+    """Each a finite number of seconds: ``wait`` may be 0, the others must be more."""
+    for name, value in durations.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or value < 0 or (value == 0 and name != "wait"):
+            raise ConfigurationError(
+                f"RedisStore {name} must be a finite number of seconds "
+                f"({'>= 0' if name == 'wait' else '> 0'}), got {value!r}")
+
+
+def _check_prefix(prefix: object) -> None:
+    """A str without braces: a brace in it would break the keys' hash tags."""
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            "RedisStore prefix must be a str without '{' or '}' (they are hash tags)")
+
+
+def _signing_bytes(signing_key: bytes | str | None) -> bytes | None:
+    """The signing key as bytes (a str is UTF-8 encoded), refused if under 16 bytes."""
+    if isinstance(signing_key, str):
+        signing_key = signing_key.encode("utf-8")
+    if signing_key is not None and (not isinstance(signing_key, bytes)
+                                    or len(signing_key) < 16):
+        raise ConfigurationError(
+            "RedisStore signing_key must be at least 16 bytes (for example "
+            "secrets.token_bytes(32)), shared by every process of the fleet")
+    return signing_key
+
+
+def _redis_client(redis_class: Any, url: str | None, client: Any, socket_timeout: float) -> Any:
+    """A new client for ``url``, or the caller's ``client`` once it looks like one."""
+    if client is None:
+        return redis_class.from_url(
+            str(url), socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            retry_on_timeout=False, health_check_interval=30)
+    if not all(callable(getattr(client, name, None))
+               for name in ("get", "set", "publish", "pubsub", "register_script")):
+        raise ConfigurationError(
+            "RedisStore client= must be a redis.Redis, a Sentinel master_for(...) client "
+            f"or a redis.cluster.RedisCluster, got {type(client).__name__}")
+    return client
+
+
 class _Streak:
     """Logs bad input once per streak of it (a good read ends the streak)."""
 
@@ -148,32 +204,11 @@ class RedisStore:
             ) from exc
         if (url is None) == (client is None):
             raise ConfigurationError("give RedisStore either url= or client=, not both/neither")
-        for name, value in (("lease", lease), ("wait", wait), ("socket_timeout", socket_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not math.isfinite(value) or value < 0 or (value == 0 and name != "wait"):
-                raise ConfigurationError(
-                    f"RedisStore {name} must be a finite number of seconds "
-                    f"({'>= 0' if name == 'wait' else '> 0'}), got {value!r}")
-        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
-            raise ConfigurationError(
-                "RedisStore prefix must be a str without '{' or '}' (they are hash tags)")
-        if isinstance(signing_key, str):
-            signing_key = signing_key.encode("utf-8")
-        if signing_key is not None and (not isinstance(signing_key, bytes)
-                                        or len(signing_key) < 16):
-            raise ConfigurationError(
-                "RedisStore signing_key must be at least 16 bytes (for example "
-                "secrets.token_bytes(32)), shared by every process of the fleet")
+        _check_seconds(lease=lease, wait=wait, socket_timeout=socket_timeout)
+        _check_prefix(prefix)
+        signing_key = _signing_bytes(signing_key)
         self._owns_client = client is None
-        if client is None:
-            client = redis.Redis.from_url(
-                str(url), socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                retry_on_timeout=False, health_check_interval=30)
-        elif not all(callable(getattr(client, name, None))
-                     for name in ("get", "set", "publish", "pubsub", "register_script")):
-            raise ConfigurationError(
-                "RedisStore client= must be a redis.Redis, a Sentinel master_for(...) client "
-                f"or a redis.cluster.RedisCluster, got {type(client).__name__}")
+        client = _redis_client(redis.Redis, url, client, socket_timeout)
         self._redis = client
         self._prefix = prefix
         self._channel = f"{prefix}drops"
@@ -265,24 +300,11 @@ class RedisStore:
         if value is None:
             return None
         body = self._open("entry", name, value, MAX_ENTRY_BYTES)
-        token: StoredToken | None = None
-        if isinstance(body, str):
-            reason = body
-        elif body.get("s") != scope_hash or body.get("k") != _key_list(key):
-            reason = "an entry written for another key"
-        else:
-            raw, expires_at, issued = body.get("r"), _number(body.get("e")), body.get("i")
-            issued_at = None if issued is None else _number(issued)
-            if not isinstance(raw, str) or not raw or expires_at is None \
-                    or (issued is not None and issued_at is None):
-                reason = "an entry with a malformed token or time"
-            else:
-                token = StoredToken(raw, expires_at, issued_at)
-                reason = ""
-        if token is None:
-            self._entries.bad(reason)
-        else:
-            self._entries.good()
+        token = body if isinstance(body, str) else _entry_token(body, scope_hash, key)
+        if isinstance(token, str):
+            self._entries.bad(token)
+            return None
+        self._entries.good()
         return token
 
     # -- tokens -------------------------------------------------------------------------
