@@ -278,18 +278,10 @@ def exchange(
 
 
 def _read_capped(response: requests.Response, max_body: int) -> bytes:
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > max_body:
-        raise BodyTooLarge()
-    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        # Decompressed here with a bound: urllib3 would inflate a chunk without one.
-        inflater: Any = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
-    elif encoding == "identity":
-        inflater = None
-    else:
-        raise requests.exceptions.ContentDecodingError(
-            f"unsupported Content-Encoding {encoding[:20]!r}")
+    """The body, refused with :class:`BodyTooLarge` once over ``max_body`` bytes
+    (counted after decompression)."""
+    _check_declared_length(response, max_body)
+    inflater = _inflater(response)
     parts: list[bytes] = []
     size = 0
     raw = response.raw
@@ -306,3 +298,22 @@ def _read_capped(response: requests.Response, max_body: int) -> bytes:
             raise BodyTooLarge()
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _check_declared_length(response: requests.Response, max_body: int) -> None:
+    """Refuse an answer whose ``Content-Length`` says it is over the cap, before reading."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_body:
+        raise BodyTooLarge()
+
+
+def _inflater(response: requests.Response) -> Any:
+    """A decompressor for the answer's ``Content-Encoding``; None for identity."""
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        # Decompressed here with a bound: urllib3 would inflate a chunk without one.
+        return zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
+    if encoding == "identity":
+        return None
+    raise requests.exceptions.ContentDecodingError(
+        f"unsupported Content-Encoding {encoding[:20]!r}")
