@@ -351,36 +351,9 @@ class OAuth2ClientCredentialsSource(_HttpSource):
 
     def __call__(self, request: TokenRequest) -> Token:
         """Fetch an access token for the configured scope and ``request.audience``."""
-        name = "OAuth2ClientCredentialsSource"
-        why = "the client-credentials grant has no sessions, templates or organizations"
-        for part, value in (
-            ("session_id", request.session_id),
-            ("template", request.template),
-            ("organization_id", request.organization_id),
-        ):
-            if value is not None:
-                raise _reject(name, part, f"{why}; use a key with only audience= (or none)")
-        form: dict[str, str | list[str]] = {"grant_type": "client_credentials"}
-        if self._scope:
-            form["scope"] = self._scope
-        audience = request.audience if request.audience is not None else self._audience
-        if audience:
-            form["audience"] = audience
-        if self._resource:
-            form["resource"] = list(self._resource)  # repeated: resource=a&resource=b
-        form.update(self._extra)
-        authorization = None
-        if self._basic is not None:
-            authorization = self._basic
-        elif self._assertion is not None:
-            # A new assertion (new jti) per request and per retry: servers refuse replays.
-            form["client_id"] = self._client_id
-            form["client_assertion_type"] = ASSERTION_TYPE
-            form["client_assertion"] = self._assertion.make(time.time())
-        else:
-            assert self._client_secret is not None
-            form["client_id"] = self._client_id
-            form["client_secret"] = self._client_secret
+        _refuse_non_grant_parts(request)
+        form = self._grant_form(request.audience)
+        authorization = self._authenticate(form)
         what = f"OAuth2 token request to {display_url(self._token_url)}"
         if request.audience is not None:
             what += f" for {request.describe()}"
@@ -388,6 +361,35 @@ class OAuth2ClientCredentialsSource(_HttpSource):
             self._token_url, what=what, authorization=authorization, data=form
         )
         return _access_token(answer, what=what, status=status, server_time=server_time)
+
+    def _grant_form(self, audience: str | None) -> dict[str, str | list[str]]:
+        """The grant's form fields (before client authentication); ``audience`` is the
+        key's, else the configured one."""
+        form: dict[str, str | list[str]] = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        audience = audience if audience is not None else self._audience
+        if audience:
+            form["audience"] = audience
+        if self._resource:
+            form["resource"] = list(self._resource)  # repeated: resource=a&resource=b
+        form.update(self._extra)
+        return form
+
+    def _authenticate(self, form: dict[str, str | list[str]]) -> str | None:
+        """Add the client's credentials to ``form`` for the configured method; the
+        ``Authorization`` header to send (Basic), or None."""
+        if self._basic is not None:
+            return self._basic
+        form["client_id"] = self._client_id
+        if self._assertion is not None:
+            # A new assertion (new jti) per request and per retry: servers refuse replays.
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = self._assertion.make(time.time())
+        else:
+            assert self._client_secret is not None
+            form["client_secret"] = self._client_secret
+        return None
 
     @property
     def identity(self) -> str:
@@ -405,6 +407,19 @@ class OAuth2ClientCredentialsSource(_HttpSource):
             f"client_id={self._client_id!r}, {credential}, "
             f"auth_method={self._auth_method!r})"
         )
+
+
+def _refuse_non_grant_parts(request: TokenRequest) -> None:
+    """The client-credentials grant has only an audience: any other key part is refused."""
+    name = "OAuth2ClientCredentialsSource"
+    why = "the client-credentials grant has no sessions, templates or organizations"
+    for part, value in (
+        ("session_id", request.session_id),
+        ("template", request.template),
+        ("organization_id", request.organization_id),
+    ):
+        if value is not None:
+            raise _reject(name, part, f"{why}; use a key with only audience= (or none)")
 
 
 def _auth_method_for(auth_method: AuthMethod | None, *, client_secret: str | None,
@@ -507,17 +522,22 @@ def _resources(resource: str | Iterable[str] | None) -> tuple[str, ...]:
     values = [resource] if isinstance(resource, str) else list(resource)
     seen: dict[str, None] = {}
     for value in values:
-        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-            raise ConfigurationError(
-                "resource must be an absolute URI (or a list of them) without whitespace, "
-                "e.g. 'https://api.example.com/'")
-        parts = urlsplit(value)
-        if not parts.scheme or parts.fragment or "#" in value:
-            raise ConfigurationError(
-                f"resource {value[:100]!r} is not an absolute URI without a fragment "
-                "(RFC 8707 section 2); e.g. 'https://api.example.com/'")
-        seen.setdefault(value, None)
+        seen.setdefault(_resource(value), None)
     return tuple(seen)
+
+
+def _resource(value: object) -> str:
+    """One resource indicator, checked: an absolute URI without whitespace or fragment."""
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ConfigurationError(
+            "resource must be an absolute URI (or a list of them) without whitespace, "
+            "e.g. 'https://api.example.com/'")
+    parts = urlsplit(value)
+    if not parts.scheme or parts.fragment or "#" in value:
+        raise ConfigurationError(
+            f"resource {value[:100]!r} is not an absolute URI without a fragment "
+            "(RFC 8707 section 2); e.g. 'https://api.example.com/'")
+    return value
 
 
 def _access_token(
