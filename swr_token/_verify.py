@@ -401,16 +401,25 @@ def _unusable_kids(document: dict[str, Any], jwk_set: jwt.PyJWKSet,
                    usable: dict[str, jwt.PyJWK]) -> dict[str, str]:
     """The kids in ``document`` with no usable signature key, and why (for messages)."""
     parsed = {k.key_id for k in jwk_set.keys if isinstance(k.key_id, str)}
-    entries = document.get("keys")
     reasons: dict[str, str] = {}
-    for entry in entries if isinstance(entries, list) else ():
-        kid = entry.get("kid") if isinstance(entry, dict) else None
-        if not isinstance(kid, str) or not kid or kid in usable or kid in reasons:
+    for kid in _listed_kids(document):
+        if kid in usable or kid in reasons:
             continue
         reasons[kid] = ("that key is not a public signature key for an allowed algorithm "
                         "(its 'use', 'kty' or 'alg')" if kid in parsed
                         else "that key cannot be parsed (a malformed or unsupported JWK)")
     return reasons
+
+
+def _listed_kids(document: dict[str, Any]) -> list[str]:
+    """The kids the document's ``keys`` entries name (non-empty strings), in order."""
+    entries = document.get("keys")
+    kids: list[str] = []
+    for entry in entries if isinstance(entries, list) else ():
+        kid = entry.get("kid") if isinstance(entry, dict) else None
+        if isinstance(kid, str) and kid:
+            kids.append(kid)
+    return kids
 
 
 def _signing_keys(jwk_set: jwt.PyJWKSet) -> tuple[jwt.PyJWK, ...]:
