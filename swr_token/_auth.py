@@ -198,12 +198,8 @@ class BearerAuth(requests.auth.AuthBase):
 
     def _on_response(self, sent: str, r: requests.Response, **kwargs: Any) -> requests.Response:
         request = r.request
-        # Hooks travel with copies of the request (redirect hops): act only where our token
-        # was actually sent, and only on an allowed origin.
-        if request.headers.get("Authorization") != f"Bearer {sent}":
-            return r
-        origin = origin_of(request.url or "")
-        if origin not in self._origins:
+        origin = self._origin_sent_to(request, sent)
+        if origin is None:
             return r
         if r.is_redirect:
             _keep_on_origin(r, request, origin)
@@ -213,13 +209,32 @@ class BearerAuth(requests.auth.AuthBase):
         self._drop_refused(sent)
         if not _replayable(request.body):
             return r
+        fresh = self._fresh_token(r)
+        if fresh == sent or r.connection is None:  # the same token would be refused again
+            return r
+        return self._retry(r, request, origin, fresh, kwargs)
+
+    def _origin_sent_to(self, request: requests.PreparedRequest, sent: str) -> Origin | None:
+        """The origin ``request`` went to if it carried ``sent`` and is allowed, else None."""
+        # Hooks travel with copies of the request (redirect hops): act only where our token
+        # was actually sent, and only on an allowed origin.
+        if request.headers.get("Authorization") != f"Bearer {sent}":
+            return None
+        origin = origin_of(request.url or "")
+        return origin if origin in self._origins else None
+
+    def _fresh_token(self, r: requests.Response) -> str:
+        """The key's token after a 401; ``r`` is closed if getting it fails."""
         try:
-            fresh = self._token()
+            return self._token()
         except BaseException:
             r.close()
             raise
-        if fresh == sent or r.connection is None:  # the same token would be refused again
-            return r
+
+    @staticmethod
+    def _retry(r: requests.Response, request: requests.PreparedRequest, origin: Origin,
+               fresh: str, kwargs: dict[str, Any]) -> requests.Response:
+        """Send ``request`` again with ``fresh`` on the connection that answered ``r``."""
         r.content  # noqa: B018 - read it so the connection can be reused for the retry
         r.close()
         retry = request.copy()
