@@ -13,7 +13,9 @@ Reported per design and P, over the measured window only:
   request for a key less than half a cycle after the previous one for that key;
 - Redis commands and pub/sub messages received per process per second (counted inside each
   worker by wrapping redis-py's ``execute_command`` and ``PubSub.get_message``);
-- p99 (and max) ``get_token`` latency over every read of every process.
+- p99 (and max) ``get_token`` latency over every read of every process, and apart for each
+  outcome of a read (a fresh hit, a stale serve that starts the key's refresh, a wait for a
+  fetch), with the share of reads each outcome had.
 """
 
 from __future__ import annotations
@@ -83,17 +85,27 @@ def _worker(api_url: str, redis_url: str, seconds: float, seed: int, keys: int) 
     latencies: list[list[float]] = [[], []]
     errors = [0]
 
+    # Each read's outcome, from the counter that moved: a fresh hit, a stale serve (which
+    # starts the key's refresh) or a wait for a fetch. Outside the timed part of the read.
+    outcomes: dict[str, list[float]] = defaultdict(list)
+
     def read(samples: list[float], rng: random.Random) -> None:
         pause = threading.Event()
         clock = time.perf_counter
         while time.monotonic() < deadline:
             key = rng.choice(mine)
+            before = client.stats()
             t0 = clock()
             try:
                 client.get_token(key, timeout=10)
             except swr_token.TokenError:
                 errors[0] += 1
-            samples.append(clock() - t0)
+            took = clock() - t0
+            samples.append(took)
+            after = client.stats()
+            outcome = next((k for k in ("waits", "stale_serves", "hits") if after[k] > before[k]),
+                           "other")
+            outcomes[outcome].append(took)
             pause.wait(0.02)
 
     threads = [threading.Thread(target=read, args=(latencies[i], random.Random(seed * 7 + i)))
@@ -108,6 +120,7 @@ def _worker(api_url: str, redis_url: str, seconds: float, seed: int, keys: int) 
         "messages_per_s": (counts["messages"] - start["messages"]) / elapsed,
         "latencies_us": [round(s * 1e6) for samples in latencies for s in samples],
         "errors": errors[0],
+        "outcomes_us": {k: [round(s * 1e6) for s in v] for k, v in outcomes.items()},
     }
     client.close()
     print(json.dumps(result), flush=True)
@@ -220,7 +233,18 @@ def _run(design: str, pythonpath: str, processes: int, keys: int, seconds: float
             times.close()
     requests, per_cycle = _per_key_per_cycle(times.times, start, end)
     latencies = sorted(us for r in results for us in r["latencies_us"])
+    by_outcome: dict[str, list[int]] = defaultdict(list)
+    for r in results:
+        for outcome, values in r.get("outcomes_us", {}).items():
+            by_outcome[outcome] += values
+    shares = {k: len(v) / max(1, len(latencies)) for k, v in by_outcome.items()}
+    p99s = {k: sorted(v)[int(len(v) * 0.99)] / 1000 for k, v in by_outcome.items() if v}
     return {
+        "share_stale": shares.get("stale_serves", 0.0),
+        "share_waits": shares.get("waits", 0.0),
+        "p99_hits_ms": p99s.get("hits", 0.0),
+        "p99_stale_ms": p99s.get("stale_serves", 0.0),
+        "p99_waits_ms": p99s.get("waits", 0.0),
         "requests": requests,
         "per_key_per_cycle": per_cycle,
         "commands": sum(r["commands_per_s"] for r in results) / processes,
@@ -278,6 +302,13 @@ def main() -> None:
               f"{row['per_key_per_cycle']:>8.2f} {row['commands']:>11.1f} "
               f"{row['messages']:>13.1f} {row['p99_ms']:>8.2f} {row['max_ms']:>8.1f} "
               f"{row['errors']:>6.0f}")
+    print("\nby outcome: share of reads and p99 latency (ms)")
+    print(f"{'design':8} {'P':>3} {'stale serves':>13} {'waits':>7} {'p99 hit':>8} "
+          f"{'p99 stale':>10} {'p99 wait':>9}")
+    for design, processes, row in rows:
+        print(f"{design:8} {processes:>3} {row['share_stale']:>12.1%} {row['share_waits']:>7.1%} "
+              f"{row['p99_hits_ms']:>8.2f} {row['p99_stale_ms']:>10.2f} "
+              f"{row['p99_waits_ms']:>9.2f}")
 
 
 if __name__ == "__main__":
