@@ -409,3 +409,19 @@ def test_plugin_gives_the_fixture_when_enabled(
 ) -> None:
     result = run_pytest(tmp_path, *args, ini=ini)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_pytest_plugin_loads_no_issuer_until_a_test_asks_for_it() -> None:
+    """The plugin loads in every pytest run of every project that installs swr_token: it
+    must not pull in the issuer, JWT or cryptography until the fixture is used."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, swr_token.testing._plugin, swr_token.testing as t\n"
+             "heavy = [m for m in ('swr_token._issuer', 'jwt', 'cryptography', 'requests')"
+             " if m in sys.modules]\n"
+             "assert not heavy, heavy\n"
+             "assert t.LocalIssuer.__name__ == 'LocalIssuer' and 'jwt' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr

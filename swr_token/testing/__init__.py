@@ -1,9 +1,42 @@
-"""Test helpers: a fake clock, an inline executor, and a real local token issuer."""
+"""Test helpers: a fake clock, an inline executor, and a real local token issuer.
 
-from .._clock import FakeClock
-from .._executor import InlineExecutor
-from .._issuer import LocalIssuer, RecordedRequest
-from ._seams import holding_client_lock
+Loaded on first use, name by name: the pytest plugin (installed with the package, so it
+loads in every pytest run) imports this package, and the issuer's key generation, JWT and
+HTTP stack must not cost a run that never asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._clock import FakeClock
+    from .._executor import InlineExecutor
+    from .._issuer import LocalIssuer, RecordedRequest
+    from ._seams import holding_client_lock
 
 __all__ = ["FakeClock", "InlineExecutor", "LocalIssuer", "RecordedRequest",
            "holding_client_lock"]
+
+# Public name -> the module defining it.
+_LAZY = {
+    "FakeClock": "swr_token._clock",
+    "InlineExecutor": "swr_token._executor",
+    "LocalIssuer": "swr_token._issuer",
+    "RecordedRequest": "swr_token._issuer",
+    "holding_client_lock": "swr_token.testing._seams",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swr_token.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

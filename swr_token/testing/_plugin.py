@@ -37,9 +37,8 @@ class _IssuerFixtures:
     @pytest.fixture
     def local_issuer(self) -> Iterator[LocalIssuer]:
         """A started LocalIssuer on 127.0.0.1, stopped when the test ends."""
-        # Imported here so that this module adds no import of its own. It does not make pytest
-        # start-up light: Python imports the package swr_token.testing first, and that imports
-        # the issuer (jwt, cryptography; ~70-100 ms) in every pytest run, enabled or not.
+        # Imported here, when a test asks for the fixture: a pytest run that never does
+        # loads no JWT, HTTP or key-generation code (swr_token.testing is lazy too).
         from .._issuer import LocalIssuer
 
         with LocalIssuer() as issuer:
