@@ -9,8 +9,6 @@ alone does not load the HTTP stack, and a cached ``swr-token get`` starts fast.
 
 from __future__ import annotations
 
-import importlib as _importlib
-
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
@@ -19,14 +17,13 @@ from ._errors import (
     TokenFetchError,
     TokenRejectedError,
 )
+from ._lazy import lazy_attributes
 from ._version import __version__
 
 # Not typing.TYPE_CHECKING: importing typing would cost a cached CLI call ~2 ms. Type
 # checkers treat any TYPE_CHECKING as true, and see these imports; at run time, __getattr__.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ._auth import BearerAuth, bearer_session
     from ._clerk_m2m import ClerkM2MSource
     from ._client import TokenClient
@@ -76,38 +73,29 @@ __all__ = [
 
 # Public name -> the private module defining it.
 _LAZY = {
-    "BearerAuth": "_auth",
-    "bearer_session": "_auth",
-    "ClerkM2MSource": "_clerk_m2m",
-    "TokenClient": "_client",
-    "Clock": "_clock",
-    "SystemClock": "_clock",
-    "DaemonThreadPoolExecutor": "_executor",
-    "FileStore": "_filestore",
-    "RedisStore": "_redis",
-    "TokenRequest": "_request",
-    "attempt_budget": "_request",
-    "RetryPolicy": "_retry",
-    "ClerkBackendSource": "_sources",
-    "OAuth2ClientCredentialsSource": "_sources",
-    "TokenStore": "_store",
-    "StoredToken": "_store",
-    "source_identity": "_store",
-    "Freshness": "_token",
-    "Token": "_token",
-    "classify": "_token",
-    "JWKSVerifier": "_verify",
+    "BearerAuth": "._auth",
+    "bearer_session": "._auth",
+    "ClerkM2MSource": "._clerk_m2m",
+    "TokenClient": "._client",
+    "Clock": "._clock",
+    "SystemClock": "._clock",
+    "DaemonThreadPoolExecutor": "._executor",
+    "FileStore": "._filestore",
+    "RedisStore": "._redis",
+    "TokenRequest": "._request",
+    "attempt_budget": "._request",
+    "RetryPolicy": "._retry",
+    "ClerkBackendSource": "._sources",
+    "OAuth2ClientCredentialsSource": "._sources",
+    "TokenStore": "._store",
+    "StoredToken": "._store",
+    "source_identity": "._store",
+    "Freshness": "._token",
+    "Token": "._token",
+    "classify": "._token",
+    "JWKSVerifier": "._verify",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'swr_token' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups are plain module attributes
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)
+del lazy_attributes  # not part of the public surface
