@@ -163,6 +163,9 @@ class LocalIssuer:
             self._thread.join(timeout=1.0)
         server.server_close()
         server.drop_connections()
+        # Requests still being answered end quickly once their connection is dropped; none
+        # may outlive the caller (see Server._handlers).
+        server.wait_for_handlers(1.0)
 
     def __enter__(self) -> LocalIssuer:
         return self.start()

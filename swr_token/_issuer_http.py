@@ -129,6 +129,13 @@ class Server(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        # Handler threads running: stop() waits (bounded) for them to end, so none is inside
+        # a C extension (an RSA signature) when the interpreter finalizes. On Python 3.11 a
+        # daemon thread coming back from one after finalization is exited by unwinding its
+        # stack, which aborts the whole process when that stack holds Rust frames
+        # ("FATAL: exception not rethrown", SIGABRT): seen as the demo's Ctrl-C ending -6.
+        self._handlers = 0
+        self._idle = threading.Condition(self._open_lock)
         self._wake_r, self._wake_w = socket.socketpair()
         super().__init__(address, Handler)
 
@@ -159,6 +166,32 @@ class Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.add(sock)
         return sock, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._handlers += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing will count it down
+            self._handler_done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._handler_done()
+
+    def _handler_done(self) -> None:
+        with self._open_lock:
+            self._handlers -= 1
+            if not self._handlers:
+                self._idle.notify_all()
+
+    def wait_for_handlers(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every handler thread to end; whether they did."""
+        with self._open_lock:
+            return self._idle.wait_for(lambda: not self._handlers, timeout)
 
     def shutdown_request(self, request: Any) -> None:
         with self._open_lock:
