@@ -127,8 +127,8 @@ class Cache:
     # -- entries (call with the lock held) ----------------------------------------------
 
     def get(self, request: TokenRequest) -> Entry | None:
-        if request[1] is None and request[2] is None and request[3] is None:
-            return self.by_session.get(request[0])
+        if _session_only(request):
+            return self.by_session.get(request.session_id)
         return self._by_request.get(request)
 
     def __len__(self) -> int:

@@ -260,7 +260,7 @@ class TokenClient:
     def _get(self, request: TokenRequest, read: _Read) -> Token:
         """The decision table (SPEC section 3) for everything but a fresh plain read."""
         self._pid_watch.check(self)
-        request = TokenRequest.checked(*request)
+        request.check()
         timeout = None if read.timeout is None else seconds("timeout", read.timeout,
                                                              allow_zero=False)
         threshold = None if read.threshold is None else seconds(
@@ -367,7 +367,9 @@ class TokenClient:
                 _log.debug("the machine was suspended or the wall clock stepped; "
                            "the fresh-token bounds follow the clocks again")
             due = self._cache.pop_due(now)
-        self._refresher.refresh_due(due, now)
+        if self._refresher.refresh_due(due, now):
+            _log.debug("poller: %d stale key(s) being read start a background refresh",
+                       len(due))
         self._schedule_tick(now + self._settings.poll_interval)
 
     # -- management ---------------------------------------------------------------------

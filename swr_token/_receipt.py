@@ -49,7 +49,10 @@ class Receiver:
     def steady_wall(self) -> float:
         """The wall clock as it stood at start-up, advanced by the deadline clock: a wall
         step after start-up cannot move it."""
-        return self._started_wall + (self._clock.deadline() - self._started_deadline)
+        return self._steady_at(self._clock.deadline())
+
+    def _steady_at(self, deadline_now: float) -> float:
+        return self._started_wall + (deadline_now - self._started_deadline)
 
     def receive(self, result: object) -> Token:
         """Check and bind a source's answer (a raw string or a Token); raises
@@ -69,7 +72,7 @@ class Receiver:
             deadline_now=now,
             deadline_clock=self._clock.deadline,
             wall_now=self._clock.wall(),
-            started_wall_now=self._started_wall + (now - self._started_deadline),
+            started_wall_now=self._steady_at(now),
             max_lifetime=self._max_lifetime,
             max_clock_skew=self._max_clock_skew,
         )

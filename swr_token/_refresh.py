@@ -158,17 +158,14 @@ class Refresher:
         return flight
 
     def refresh(self, entry: Entry, now: float) -> None:
-        """Start one background refresh for a stale key unless one runs or it backs off."""
+        """Start one background refresh for a stale key unless one runs or it backs off.
+
+        Checked first without the lock: every stale read while the refresh runs asks."""
         if entry.flight is not None or entry.backing_off(now, self._pacer.recoveries):
             return
-        with self._cache.lock:
-            flight = self._start_refresh_locked(entry, now)
-        if flight is None:
-            return
-        if _log.isEnabledFor(logging.DEBUG):
+        if self.refresh_due([entry], now) and _log.isEnabledFor(logging.DEBUG):
             _log.debug("%s is stale (%.1f s left): served at once while a background "
-                       "refresh runs", flight.request.describe(), _left(flight, now))
-        self.dispatch(flight)
+                       "refresh runs", entry.request.describe(), _left(entry, now))
 
     def refresh_due(self, entries: Iterable[Entry], now: float) -> int:
         """The poller's batch: start a refresh for each due key that may refresh now, under
@@ -179,9 +176,6 @@ class Refresher:
                        if entry.flight is None and not entry.backing_off(now, recoveries)
                        and (flight := self._start_refresh_locked(entry, now)) is not None]
         permitted = [flight for flight in flights if self._permit_refresh(flight, now)]
-        if flights:
-            _log.debug("poller: %d stale key(s) being read start a background refresh",
-                       len(flights))
         self._queue_refreshes(permitted)
         return len(flights)
 
@@ -212,7 +206,7 @@ class Refresher:
         turned critical meanwhile (callers take over then)."""
         now = self._clock.deadline()
         snap = entry.resolved
-        if self._cache.closed or snap is None or snap.deadline - snap.margin <= now:
+        if snap is not None and snap.deadline - snap.margin <= now:
             return None
         return self._start_refresh_locked(entry, now)
 
@@ -745,8 +739,8 @@ def _newer_here(entry: Entry, token: Token, issued: float, flight: Flight | None
     return issued > current.issued
 
 
-def _left(flight: Flight, now: float) -> float:
-    snap = flight.entry.resolved
+def _left(entry: Entry, now: float) -> float:
+    snap = entry.resolved
     return snap.deadline - now if snap is not None else 0.0
 
 

@@ -35,19 +35,21 @@ class TokenRequest(NamedTuple):
     @classmethod
     def checked(cls, session_id: object = None, template: object = None,
                 organization_id: object = None, audience: object = None) -> TokenRequest:
-        """The request for a caller's arguments: each part ``None`` or a non-empty ``str``.
+        """The request for a caller's arguments, checked (see :meth:`check`)."""
+        request = cls(session_id, template, organization_id, audience)  # type: ignore[arg-type]
+        request.check()
+        return request
 
-        Raises ``TypeError`` or :class:`ConfigurationError` naming the argument that is not.
-        """
-        parts = (session_id, template, organization_id, audience)
-        for name, part in zip(_PART_NAMES, parts, strict=True):
+    def check(self) -> None:
+        """Each part is ``None`` or a non-empty ``str``; raises ``TypeError`` or
+        :class:`ConfigurationError` naming the argument that is not."""
+        for name, part in zip(_PART_NAMES, self, strict=True):
             if part is None:
                 continue
             if not isinstance(part, str):
                 raise TypeError(f"{name} must be a str or None, got {type(part).__name__}")
             if not part:
                 raise ConfigurationError(f"{name} must not be empty; pass None to leave it out")
-        return cls(*parts)  # type: ignore[arg-type]
 
     @classmethod
     def parse(cls, value: object) -> TokenRequest | None:

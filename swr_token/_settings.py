@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._checks import seconds
 from ._errors import ConfigurationError
 from ._retry import RetryPolicy
-from ._token import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_LIFETIME
 
 if TYPE_CHECKING:
     from ._errors import TokenError
@@ -25,17 +24,19 @@ Verifier = Callable[["Token"], None]
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The numbers a :class:`TokenClient` runs on (its keyword options, in seconds)."""
+    """The numbers a :class:`TokenClient` runs on (its keyword options, in seconds).
 
-    poll_interval: float = 5.0
-    threshold: float = 15.0
-    #: Defaults to the poll interval (resolved by :meth:`checked`).
-    margin: float = 5.0
-    fetch_timeout: float = 10.0
-    max_entries: int = 10_000
-    max_lifetime: float = DEFAULT_MAX_LIFETIME
-    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    No defaults here: they are :class:`TokenClient`'s, in one place, its signature.
+    """
+
+    poll_interval: float
+    threshold: float
+    margin: float
+    fetch_timeout: float
+    max_entries: int
+    max_lifetime: float
+    max_clock_skew: float
+    retry: RetryPolicy
 
     @classmethod
     def checked(cls, *, poll_interval: object, threshold: object, margin: object,
